@@ -1,0 +1,156 @@
+"""The `rvpt` command: every pipeline stage as `rvpt stage <name>`, reading params.yaml.
+
+Options override params.yaml for this run only; DVC runs the same commands without them.
+Bad input exits with code 2 and one line naming the culprit, before any output is written.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from rvpt.errors import BadInput
+
+app = typer.Typer(help="Backdoor CLIP on purpose, defend it with RVPT, and measure both.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+stage_app = typer.Typer(help="Run one pipeline stage (what `dvc repro` runs), with optional overrides.",
+                        no_args_is_help=True)
+app.add_typer(stage_app, name="stage")
+
+PARAMS = typer.Option(Path("params.yaml"), "--params", help="Params file to read.")
+
+
+def fail(message: str) -> None:
+    typer.echo(f"rvpt: error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def execute(name: str, params_path: Path, overrides: dict, work: Callable) -> None:
+    """Loads params (with overrides), fixes seeds and threads, runs `work(params)`, prints one summary line."""
+    import torch
+
+    from pipeline import params as params_module
+
+    started = time.perf_counter()
+    try:
+        params = params_module.load(params_path, overrides)
+        torch.set_num_threads(params.threads)
+        torch.manual_seed(params.seed)
+        messages = work(params)
+    except BadInput as error:
+        fail(str(error))
+    for message in messages if isinstance(messages, list) else [messages]:
+        typer.echo(f"rvpt stage {name}: {message} ({time.perf_counter() - started:.1f} s)")
+
+
+def selected(requested: Optional[str], configured: dict, default: list[str], flag: str) -> list[str]:
+    if requested is None:
+        return default
+    if requested not in configured:
+        raise BadInput(f"{flag}: {requested!r} is not defined in params.yaml (known: {', '.join(configured)})")
+    return [requested]
+
+
+@stage_app.command()
+def download(params: Path = PARAMS,
+             corpus_size: Optional[int] = typer.Option(None, help="Pretraining pairs to render."),
+             seed: Optional[int] = typer.Option(None, help="Random seed.")):
+    """Make the clean pretraining corpus and the downstream train/val/test splits."""
+    from pipeline import download as stage
+
+    execute("download", params, {"data.corpus_size": ("--corpus-size", corpus_size), "seed": ("--seed", seed)},
+            stage.run)
+
+
+@stage_app.command()
+def poison(params: Path = PARAMS,
+           attack: Optional[str] = typer.Option(None, help="Attack name from params.yaml (default: all in run.attacks)."),
+           rate: Optional[float] = typer.Option(None, help="Poisoned fraction of the corpus, in (0, 1]."),
+           target: Optional[str] = typer.Option(None, help="Target class name.")):
+    """Apply an attack's trigger to a fraction of the corpus, with target-class captions."""
+    from pipeline import poison as stage
+
+    def work(p):
+        names = selected(attack, p.attacks, p.run.attacks, "--attack")
+        return [stage.run(p, name) for name in names]
+
+    key = f"attacks.{attack}" if attack else None
+    overrides = {f"{key}.rate": ("--rate", rate), f"{key}.target": ("--target", target)} if key else {}
+    if not key and (rate is not None or target is not None):
+        fail("--rate and --target need --attack")
+    execute("poison", params, overrides, work)
+
+
+@stage_app.command()
+def pretrain(params: Path = PARAMS,
+             attack: Optional[str] = typer.Option(None, help="Attack whose poisoned corpus to train on (default: all)."),
+             clean: bool = typer.Option(False, "--clean", help="Train the clean base model instead."),
+             steps: Optional[int] = typer.Option(None, help="Optimizer steps.")):
+    """Train the clean CLIP, or fine-tune it on a poisoned corpus (the victim's training)."""
+    from pipeline import pretrain as stage
+
+    def work(p):
+        if clean:
+            return stage.run(p, None)
+        return [stage.run(p, name) for name in selected(attack, p.attacks, p.run.attacks, "--attack")]
+
+    if clean and attack:
+        fail("--clean and --attack exclude each other")
+    schedule = "pretrain.clean" if clean else "pretrain.poisoned"
+    execute("pretrain", params, {f"{schedule}.steps": ("--steps", steps)}, work)
+
+
+@stage_app.command()
+def sample(params: Path = PARAMS,
+           shots: Optional[int] = typer.Option(None, help="Clean examples per class (K).")):
+    """Draw the defender's K-shot clean subset of the downstream train split."""
+    from pipeline import sample as stage
+
+    execute("sample", params, {"sample.shots": ("--shots", shots)}, stage.run)
+
+
+@stage_app.command()
+def tune(params: Path = PARAMS,
+         attack: Optional[str] = typer.Option(None, help="Attack name (default: all in run.attacks)."),
+         defense: Optional[str] = typer.Option(None, help="Defense name (default: all in run.defenses)."),
+         shots: Optional[int] = typer.Option(None, help="Use the first K shots per class of the sample."),
+         alpha: Optional[float] = typer.Option(None, help="Weight of the feature-repelling loss (needs --defense)."),
+         epochs: Optional[int] = typer.Option(None, help="Passes over the few-shot set."),
+         tokens: Optional[int] = typer.Option(None, help="Prompt tokens per block (b)."),
+         first_block: Optional[int] = typer.Option(None, help="First prompted block, 0-based (D)."),
+         lr: Optional[float] = typer.Option(None, help="SGD learning rate.")):
+    """Defend each backdoored model with the few-shot set (RVPT, VPT, ...)."""
+    from pipeline import tune as stage
+
+    def work(p):
+        attacks = selected(attack, p.attacks, p.run.attacks, "--attack")
+        defenses = selected(defense, p.defenses, p.run.defenses, "--defense")
+        return [stage.run(p, a, d) for a in attacks for d in defenses]
+
+    if alpha is not None and defense is None:
+        fail("--alpha needs --defense (it is a property of one defense)")
+    overrides = {"sample.shots": ("--shots", shots), "tune.epochs": ("--epochs", epochs),
+                 "tune.tokens": ("--tokens", tokens), "tune.first_block": ("--first-block", first_block),
+                 "tune.lr": ("--lr", lr)}
+    if defense is not None:
+        overrides[f"defenses.{defense}.alpha"] = ("--alpha", alpha)
+    execute("tune", params, overrides, work)
+
+
+@stage_app.command()
+def evaluate(params: Path = PARAMS):
+    """Score every backdoored and defended model: CA and ASR on the test split."""
+    from pipeline import evaluate as stage
+
+    execute("evaluate", params, {}, stage.run)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

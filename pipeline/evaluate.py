@@ -1,0 +1,68 @@
+"""Stage `evaluate`: CA on the clean test split and ASR on its triggered non-target images.
+
+One row per evaluated model: each backdoored model undefended (defense "none"), then under
+every defense. Writes results/summary.json (DVC metrics) and a readable results/summary.md.
+"""
+from __future__ import annotations
+
+from pipeline import artifacts, paths
+from pipeline.evaluation import class_embeddings, load_attack, load_split
+from pipeline.params import Params
+from pipeline.tracking import stage_run
+from rvpt import metrics, models
+from rvpt.prompts import PromptedVisionEncoder, load_prompts
+
+
+def scorer(params: Params, model, attack_name: str, images, labels):
+    """Scores any image encoder of `model` with text class embeddings and trigger computed once."""
+    attack, target = load_attack(params, attack_name)
+    embeds = class_embeddings(params, model)
+    return lambda encode: metrics.clean_and_attack(encode, embeds, images, labels, attack.apply, target,
+                                                   params.evaluate.batch_size)
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| attack | defense | shots | CA | ASR | trainable params |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['attack']} | {row['defense']} | {row['shots']} | {100 * row['clean_accuracy']:.2f} | "
+                     f"{100 * row['attack_success_rate']:.2f} | {row['trainable_params']} |")
+    return "\n".join(lines) + "\n\nCA: top-1 accuracy on the clean test split. ASR: share of triggered test images "\
+        "whose true class is not the target that are classified as the target.\n"
+
+
+def run(params: Params) -> str:
+    images, labels = load_split(params, "test")
+    rows, upstream = [], {}
+    for attack_name in params.run.attacks:
+        model_dir = artifacts.require(paths.backdoored(attack_name), f"rvpt stage pretrain --attack {attack_name}")
+        model, _ = models.load(model_dir)
+        upstream[f"upstream.pretrain.{attack_name}"] = artifacts.read_json(
+            model_dir / "pretrain.json", f"rvpt stage pretrain --attack {attack_name}")["mlflow_run_id"]
+        score = scorer(params, model, attack_name, images, labels)
+        report = score(model.encode_image)
+        rows.append({"attack": attack_name, "defense": "none", "shots": 0, **report,
+                     "trainable_params": 0, "trainable_fraction": 0.0})
+        for defense_name in params.run.defenses:
+            folder = paths.defended(attack_name, defense_name)
+            made_by = f"rvpt stage tune --attack {attack_name} --defense {defense_name}"
+            tuned = artifacts.read_json(folder / "tune.json", made_by)
+            upstream[f"upstream.tune.{attack_name}-{defense_name}"] = tuned["mlflow_run_id"]
+            prompts, first_block, _ = load_prompts(artifacts.require(folder / "prompts.safetensors", made_by))
+            encoder = PromptedVisionEncoder(model.visual, prompts, first_block).eval()
+            report = score(encoder)
+            rows.append({"attack": attack_name, "defense": defense_name, "shots": tuned["shots"], **report,
+                         "trainable_params": tuned["trainable_params"],
+                         "trainable_fraction": tuned["trainable_fraction"]})
+    logged = {"attacks": params.run.attacks, "defenses": params.run.defenses, "evaluate": params.evaluate.model_dump()}
+    with stage_run("evaluate", params.tracking.experiment, logged, upstream) as log:
+        paths.RESULTS.mkdir(exist_ok=True)
+        artifacts.write_json(paths.SUMMARY, {"rows": rows})
+        (paths.RESULTS / "summary.md").write_text(markdown(rows))
+        for row in rows:
+            for key in ("clean_accuracy", "attack_success_rate"):
+                log.metric(f"{row['attack']}.{row['defense']}.{key}", row[key])
+        log.artifact(paths.SUMMARY)
+        log.artifact(paths.RESULTS / "summary.md")
+    best = ", ".join(f"{r['attack']}/{r['defense']} CA {r['clean_accuracy']:.3f} ASR {r['attack_success_rate']:.3f}"
+                     for r in rows)
+    return f"wrote {paths.SUMMARY}: {best}"

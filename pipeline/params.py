@@ -1,0 +1,179 @@
+"""params.yaml, validated: every number the pipeline uses, and a one-line error for a bad one."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rvpt.attacks import REGISTRY as ATTACKS
+from rvpt.errors import BadInput
+
+PARAMS_FILE = "params.yaml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Data(Strict):
+    source: Literal["glyphs"] = "glyphs"
+    classes: list[str] = Field(min_length=2)
+    image_size: int = Field(ge=8, le=1024)
+    corpus_size: int = Field(gt=0)
+    train_per_class: int = Field(gt=0)
+    val_per_class: int = Field(gt=0)
+    test_per_class: int = Field(gt=0)
+    shard_rows: int = Field(gt=0)
+    max_offset: int = Field(ge=0)
+
+
+class Model(Strict):
+    config: dict[str, Any]
+    templates: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _templates_have_slot(self):
+        for template in self.templates:
+            if "{}" not in template:
+                raise ValueError(f"template {template!r} has no '{{}}' for the class name")
+        return self
+
+
+class ClipTraining(Strict):
+    steps: int = Field(gt=0)
+    batch_size: int = Field(gt=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup: int = Field(ge=0)
+
+
+class Pretrain(Strict):
+    init: Literal["clean", "scratch"]
+    clean: ClipTraining
+    poisoned: ClipTraining
+
+
+class Attack(Strict):
+    kind: str
+    target: str
+    rate: float = Field(gt=0, le=1)
+    options: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _known_kind(self):
+        if self.kind not in ATTACKS:
+            raise ValueError(f"unknown attack kind {self.kind!r}; known: {', '.join(sorted(ATTACKS))}")
+        return self
+
+
+class Defense(Strict):
+    kind: Literal["prompt"]
+    alpha: float = Field(ge=0)
+
+
+class Sample(Strict):
+    shots: int = Field(gt=0)
+
+
+class Tune(Strict):
+    tokens: int = Field(ge=0)
+    first_block: int = Field(ge=0)
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    momentum: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    init_std: float = Field(gt=0)
+    margin: float = Field(ge=-1, le=1)
+
+
+class Evaluate(Strict):
+    batch_size: int = Field(gt=0)
+
+
+class Run(Strict):
+    attacks: list[str] = Field(min_length=1)
+    defenses: list[str] = Field(min_length=1)
+
+
+class Tracking(Strict):
+    experiment: str = Field(min_length=1)
+
+
+class Params(Strict):
+    seed: int = Field(ge=0)
+    threads: int = Field(ge=1)
+    data: Data
+    model: Model
+    pretrain: Pretrain
+    attacks: dict[str, Attack]
+    defenses: dict[str, Defense]
+    sample: Sample
+    tune: Tune
+    evaluate: Evaluate
+    run: Run
+    tracking: Tracking
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for name, attack in self.attacks.items():
+            if attack.target not in self.data.classes:
+                raise ValueError(f"attacks.{name}.target: {attack.target!r} is not one of data.classes")
+        for name in self.run.attacks:
+            if name not in self.attacks:
+                raise ValueError(f"run.attacks: {name!r} is not defined under attacks")
+        for name in self.run.defenses:
+            if name not in self.defenses:
+                raise ValueError(f"run.defenses: {name!r} is not defined under defenses")
+        depth = self.model.config.get("vision_cfg", {}).get("layers", 0)
+        if self.tune.first_block >= depth:
+            raise ValueError(f"tune.first_block: {self.tune.first_block} must be below the {depth} vision blocks")
+        return self
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    return f"{where}: {message}{shown}" if where else message
+
+
+def validate(raw: dict, source: str = PARAMS_FILE, flags: dict[str, str] | None = None) -> Params:
+    """Validates; an error in a key set from the command line names the option, not the file."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        described = _describe(error)
+        key = described.split(":", 1)[0]
+        if flags and key in flags:
+            raise BadInput(f"option {flags[key]} ({described})") from None
+        raise BadInput(f"{source}: {described}") from None
+
+
+def load(path: str | Path = PARAMS_FILE, overrides: dict[str, tuple[str, Any]] | None = None) -> Params:
+    """Reads and validates params.yaml.
+
+    `overrides` maps a dotted key to (option flag, value) for values given on the command line;
+    a value of None means the option was not given.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise BadInput(f"{path}: not found (run from the repository root)") from None
+    except yaml.YAMLError as error:
+        raise BadInput(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path}: expected a mapping at the top level")
+    given = {key: flag_value for key, flag_value in (overrides or {}).items() if flag_value[1] is not None}
+    for key, (_, value) in given.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return validate(raw, str(path), {key: flag for key, (flag, _) in given.items()})

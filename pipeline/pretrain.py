@@ -1,0 +1,64 @@
+"""Stage `pretrain`: the victim's CLIP training.
+
+`--clean` trains the clean base model from scratch on the clean corpus. With an attack, the
+victim fine-tunes that clean model on the poisoned corpus (the paper's threat model), or
+trains from scratch on it when pretrain.init is `scratch`.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from pipeline import artifacts, paths
+from pipeline.evaluation import zero_shot_report
+from pipeline.params import Params
+from pipeline.tracking import stage_run
+from rvpt import models
+from rvpt.train import ClipTrainConfig, train_clip
+
+
+def write_curve(path: Path, losses: list[float]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", "loss"])
+        writer.writerows((step, f"{loss:.6f}") for step, loss in enumerate(losses))
+
+
+def run(params: Params, attack_name: str | None) -> str:
+    clean = attack_name is None
+    schedule = params.pretrain.clean if clean or params.pretrain.init == "scratch" else params.pretrain.poisoned
+    source = paths.CORPUS if clean else paths.poisoned(attack_name) / "corpus"
+    destination = paths.CLEAN_MODEL if clean else paths.backdoored(attack_name)
+    made_by = "rvpt stage download" if clean else f"rvpt stage poison --attack {attack_name}"
+
+    table = artifacts.read_table(source, made_by)
+    if clean or params.pretrain.init == "scratch":
+        model = models.build(params.model.config, seed=params.seed)
+        start = "scratch"
+    else:
+        artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean")
+        model, _ = models.load(paths.CLEAN_MODEL)
+        start = str(paths.CLEAN_MODEL)
+    images = artifacts.decode_images(table, params.data.image_size, str(source))
+    tokens = models.tokenizer(params.model.config)(table.column("caption").to_pylist())
+
+    logged = {"seed": params.seed, "start": start, "schedule": schedule.model_dump(),
+              "model": params.model.config, "attack_name": attack_name or "none"}
+    tags = {"attack": attack_name or "none", "defense": "none"}
+    with stage_run("pretrain", params.tracking.experiment, logged, tags) as log:
+        config = ClipTrainConfig(seed=params.seed, **schedule.model_dump())
+        losses = train_clip(model, images, tokens, config, desc=f"pretrain {attack_name or 'clean'}")
+        report = zero_shot_report(params, model, None if clean else attack_name, split="val")
+        with artifacts.atomic_dir(destination) as out:
+            models.save(model, params.model.config, out)
+            write_curve(out / "loss.csv", losses)
+            artifacts.write_json(out / "pretrain.json", {**report, "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+                                                          "mlflow_run_id": log.id})
+            log.artifact(out / "loss.csv")
+        log.series("loss", losses, every=max(1, len(losses) // 500))
+        for key, value in report.items():
+            log.metric(f"val_{key}", value)
+    scores = ", ".join(f"val {k} {v:.3f}" for k, v in report.items())
+    return f"wrote {destination}: {scores}"

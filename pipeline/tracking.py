@@ -1,0 +1,112 @@
+"""MLflow: one run per executed stage, tagged so runs of one pipeline sit side by side in `mlflow ui`."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Metric
+
+from pipeline.params import PARAMS_FILE
+
+ENV_URI = "MLFLOW_TRACKING_URI"
+
+
+def repo_root() -> Path:
+    """DVC sets DVC_ROOT for each stage; by hand, the folder holding params.yaml is the root."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    return Path.cwd().resolve()
+
+
+def tracking_uri() -> str:
+    # Absolute, so that `dvc exp run --queue` (which runs in temporary copies) still logs here.
+    return os.environ.get(ENV_URI) or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=repo_root(),
+                             timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else "none"
+    except (OSError, subprocess.TimeoutExpired):
+        return "none"
+
+
+def pipeline_id(commit: str) -> str:
+    """Same code + same params + same experiment name = same pipeline; a short stable hash."""
+    digest = hashlib.sha256()
+    digest.update(commit.encode())
+    params = repo_root() / PARAMS_FILE
+    digest.update(params.read_bytes() if params.exists() else b"")
+    digest.update(os.environ.get("DVC_EXP_NAME", "").encode())
+    return digest.hexdigest()[:12]
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+class StageRun:
+    """The one MLflow run of a stage execution; metrics are buffered and sent in one batch."""
+
+    def __init__(self, run):
+        self.run = run
+        self.id = run.info.run_id
+        self._metrics: list[Metric] = []
+
+    def metric(self, key: str, value: float, step: int = 0) -> None:
+        self._metrics.append(Metric(key, float(value), int(time.time() * 1000), step))
+
+    def series(self, key: str, values, every: int = 1) -> None:
+        """A whole curve, thinned to every `every`-th point, sent with the next flush."""
+        for step in range(0, len(values), every):
+            self.metric(key, values[step], step)
+
+    def flush(self) -> None:
+        client = mlflow.MlflowClient()
+        for start in range(0, len(self._metrics), 1000):
+            client.log_batch(self.id, metrics=self._metrics[start:start + 1000])
+        self._metrics.clear()
+
+    def artifact(self, path: str | Path, folder: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), folder)
+        else:
+            mlflow.log_artifact(str(path), folder)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = None):
+    """Opens the stage's run with its params and identifying tags; flushes metrics on the way out."""
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_experiment(experiment)
+    commit = git_commit()
+    all_tags = {
+        "rvpt.stage": stage,
+        "rvpt.pipeline": pipeline_id(commit),
+        "dvc.stage": os.environ.get("DVC_STAGE", "manual"),
+        "dvc.exp": os.environ.get("DVC_EXP_NAME", ""),
+        "mlflow.source.git.commit": commit,
+        **{k: str(v) for k, v in (tags or {}).items()},
+    }
+    name = all_tags["dvc.stage"] if all_tags["dvc.stage"] != "manual" else stage
+    with mlflow.start_run(run_name=name, tags=all_tags) as run:
+        handle = StageRun(run)
+        mlflow.log_params(flatten(params))
+        try:
+            yield handle
+        finally:
+            handle.flush()

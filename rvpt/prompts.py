@@ -1,0 +1,97 @@
+"""Deep visual prompts (VPT-deep) for open_clip's VisionTransformer.
+
+`tokens` learnable vectors are inserted right after the CLS token at the input of block
+`first_block` (0-based; the paper's D) and replaced by fresh ones at the input of every later
+block. The backbone stays frozen and in eval() so patch dropout never fires.
+"""
+from __future__ import annotations
+
+import torch
+from open_clip.transformer import VisionTransformer
+from torch import nn
+
+
+class DeepPrompts(nn.Module):
+    """The prompt tensor [blocks, tokens, width], one row of tokens per prompted block."""
+
+    def __init__(self, blocks: int, tokens: int, width: int, init_std: float = 0.02, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.weight = nn.Parameter(torch.randn(blocks, tokens, width, generator=generator) * init_std)
+
+    @property
+    def tokens(self) -> int:
+        return self.weight.shape[1]
+
+
+class PromptedVisionEncoder(nn.Module):
+    """Runs a frozen open_clip VisionTransformer with deep prompts on blocks first_block..L-1."""
+
+    def __init__(self, visual: VisionTransformer, prompts: DeepPrompts, first_block: int):
+        super().__init__()
+        depth = len(visual.transformer.resblocks)
+        if not 0 <= first_block < depth:
+            raise ValueError(f"first prompted block {first_block} outside 0..{depth - 1}")
+        if prompts.weight.shape[0] != depth - first_block:
+            raise ValueError(f"{prompts.weight.shape[0]} prompt rows for {depth - first_block} prompted blocks")
+        if not visual.transformer.batch_first:
+            raise ValueError("only batch-first transformers are supported")
+        self.visual = visual
+        self.prompts = prompts
+        self.first_block = first_block
+
+    def forward(self, images: torch.Tensor, return_cls: bool = False):
+        """Image features [N, embed]; with return_cls, also the CLS token after every prompted block."""
+        x = self.visual._embeds(images)
+        b = self.prompts.tokens
+        cls_per_block = []
+        for i, block in enumerate(self.visual.transformer.resblocks):
+            if i >= self.first_block and b > 0:
+                prompt = self.prompts.weight[i - self.first_block].expand(x.shape[0], -1, -1)
+                if i == self.first_block:
+                    x = torch.cat([x[:, :1], prompt, x[:, 1:]], dim=1)
+                else:
+                    x = torch.cat([x[:, :1], prompt, x[:, 1 + b:]], dim=1)
+            x = block(x)
+            if i >= self.first_block:
+                cls_per_block.append(x[:, 0])
+        if b > 0:
+            x = torch.cat([x[:, :1], x[:, 1 + b:]], dim=1)
+        pooled, _ = self.visual._pool(x)
+        if self.visual.proj is not None:
+            pooled = pooled @ self.visual.proj
+        if return_cls:
+            return pooled, torch.stack(cls_per_block, dim=1)
+        return pooled
+
+
+def frozen_block_cls(visual: VisionTransformer, images: torch.Tensor, first_block: int) -> torch.Tensor:
+    """The unprompted encoder's CLS token after each block from first_block on: [N, blocks, width]."""
+    x = visual._embeds(images)
+    out = []
+    for i, block in enumerate(visual.transformer.resblocks):
+        x = block(x)
+        if i >= first_block:
+            out.append(x[:, 0])
+    return torch.stack(out, dim=1)
+
+
+def save_prompts(path, prompts: DeepPrompts, first_block: int, metadata: dict[str, str] | None = None) -> None:
+    """The prompts alone, as safetensors; what they plug into is recorded in the metadata."""
+    from safetensors.torch import save_file
+
+    meta = {"first_block": str(first_block), **{k: str(v) for k, v in (metadata or {}).items()}}
+    save_file({"prompts": prompts.weight.detach().contiguous().cpu()}, str(path), metadata=meta)
+
+
+def load_prompts(path) -> tuple[DeepPrompts, int, dict[str, str]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        weight = handle.get_tensor("prompts")
+    if weight.ndim != 3 or "first_block" not in metadata:
+        raise ValueError(f"{path}: not an rvpt prompts file (need a [blocks, tokens, width] 'prompts' tensor)")
+    prompts = DeepPrompts(weight.shape[0], weight.shape[1], weight.shape[2])
+    prompts.weight.data.copy_(weight)
+    return prompts, int(metadata["first_block"]), metadata
