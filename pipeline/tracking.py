@@ -16,11 +16,22 @@ from pipeline.params import PARAMS_FILE
 ENV_URI = "MLFLOW_TRACKING_URI"
 
 
+QUEUE_DIR = Path(".dvc") / "tmp" / "exps"
+
+
 def repo_root() -> Path:
-    """DVC sets DVC_ROOT for each stage; by hand, the folder holding params.yaml is the root."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
-    return Path.cwd().resolve()
+    """The repository the user works in, even when DVC runs a stage in a temporary copy.
+
+    DVC sets DVC_ROOT for each stage; `dvc exp run --queue` copies the project to
+    <repo>/.dvc/tmp/exps/<tmp>/ and deletes it afterwards, so the root is what lies above that.
+    """
+    root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+    parts = root.parts
+    marker = QUEUE_DIR.parts
+    for i in range(len(parts) - len(marker)):
+        if parts[i:i + len(marker)] == marker:
+            return Path(*parts[:i])
+    return root
 
 
 def tracking_uri() -> str:

@@ -1,0 +1,78 @@
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+TINY_MODEL = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 16, "layers": 3, "width": 32, "patch_size": 4, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+# Small enough to run the whole chain in well under a minute of compute.
+SMOKE = {
+    "data": {"classes": ["zero", "one", "two", "three"], "corpus_size": 1200, "train_per_class": 10,
+             "val_per_class": 10, "test_per_class": 20, "shard_rows": 500},
+    "model": {"config": TINY_MODEL},
+    "pretrain": {"clean": {"steps": 20, "batch_size": 32, "warmup": 2},
+                 "poisoned": {"steps": 10, "batch_size": 32, "warmup": 2}},
+    "attacks": {"badnet": {"target": "three"}},
+    "sample": {"shots": 4},
+    "tune": {"epochs": 2, "batch_size": 8, "tokens": 4},
+    "tracking": {"experiment": "smoke"},
+}
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def smoke_params(**update) -> dict:
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    return merge(merge(base, SMOKE), update)
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    full_env.pop("MLFLOW_TRACKING_URI", None) if env is None or "MLFLOW_TRACKING_URI" not in env else None
+    result = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def make_project(root: Path, params: dict) -> Path:
+    """A fresh git + DVC project holding this repository's pipeline and the given params."""
+    for name in ("rvpt", "pipeline"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / ".gitignore").write_text("/mlflow.db\n")
+    run(["git", "init", "-q"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["dvc", "config", "core.analytics", "false"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], root)
+    return root
+
+
+@pytest.fixture
+def project(tmp_path):
+    return make_project(tmp_path / "project", smoke_params())
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)

@@ -1,0 +1,57 @@
+"""Bad params, options and missing inputs: exit code 2, one line naming the culprit, nothing written."""
+import pytest
+import yaml
+from conftest import run, smoke_params
+
+
+def files(root):
+    return sorted(p.relative_to(root) for p in root.rglob("*") if ".git" not in p.parts)
+
+
+@pytest.mark.parametrize("update, culprit", [
+    ({"sample": {"shots": 0}}, "sample.shots"),
+    ({"attacks": {"badnet": {"rate": 1.5}}}, "attacks.badnet.rate"),
+    ({"attacks": {"badnet": {"rate": 0}}}, "attacks.badnet.rate"),
+    ({"attacks": {"badnet": {"target": "banana"}}}, "attacks.badnet.target"),
+    ({"attacks": {"badnet": {"kind": "nope"}}}, "unknown attack kind 'nope'"),
+    ({"run": {"attacks": ["ghost"]}}, "run.attacks"),
+    ({"tune": {"first_block": 9}}, "tune.first_block"),
+])
+def test_invalid_params_exit_2_naming_the_key(tmp_path, update, culprit):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(smoke_params(**update)))
+    before = files(tmp_path)
+    result = run(["rvpt", "stage", "download"], tmp_path, check=False)
+    assert result.returncode == 2
+    assert culprit in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert files(tmp_path) == before
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["sample", "--shots", "0"], "--shots"),
+    (["sample", "--shots", "-3"], "--shots"),
+    (["poison", "--attack", "badnet", "--rate", "2"], "--rate"),
+    (["poison", "--attack", "badnet", "--target", "banana"], "--target"),
+    (["poison", "--attack", "ghost"], "--attack"),
+    (["tune", "--alpha", "1"], "--alpha"),
+])
+def test_invalid_options_exit_2_naming_the_option(tmp_path, args, culprit):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(smoke_params()))
+    before = files(tmp_path)
+    result = run(["rvpt", "stage", *args], tmp_path, check=False)
+    assert result.returncode == 2, result.stderr
+    assert culprit in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert files(tmp_path) == before
+
+
+@pytest.mark.parametrize("stage, missing", [
+    ("poison", "data/clean/corpus"),
+    ("sample", "data/clean/downstream/train.parquet"),
+    ("tune", "models/badnet"),
+    ("evaluate", "data/clean/downstream/test.parquet"),
+])
+def test_missing_upstream_output_exits_2_naming_the_file(tmp_path, stage, missing):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(smoke_params()))
+    result = run(["rvpt", "stage", stage], tmp_path, check=False)
+    assert result.returncode == 2
+    assert missing in result.stderr and "missing upstream output" in result.stderr
+    assert files(tmp_path) == [p for p in files(tmp_path) if p.name == "params.yaml"]
