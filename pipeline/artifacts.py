@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shutil
@@ -114,3 +115,11 @@ def decode_images(table: pa.Table, image_size: int, where: str) -> torch.Tensor:
 
 def labels(table: pa.Table) -> np.ndarray:
     return table.column("label").to_numpy().astype(np.int64)
+
+
+def write_curve(path: str | Path, losses: list[float]) -> None:
+    """A loss curve as step,loss CSV (what `dvc plots` and the MLflow artifact view read)."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", "loss"])
+        writer.writerows((step, f"{loss:.6f}") for step, loss in enumerate(losses))

@@ -57,6 +57,10 @@ def run(params: Params) -> str:
     with stage_run("evaluate", params.tracking.experiment, logged, upstream) as log:
         paths.RESULTS.mkdir(exist_ok=True)
         artifacts.write_json(paths.SUMMARY, {"rows": rows})
+        # The same numbers keyed attack -> defense, because `dvc exp show` cannot display lists.
+        artifacts.write_json(paths.METRICS, {
+            a: {r["defense"]: {"clean_accuracy": r["clean_accuracy"], "attack_success_rate": r["attack_success_rate"]}
+                for r in rows if r["attack"] == a} for a in params.run.attacks})
         (paths.RESULTS / "summary.md").write_text(markdown(rows))
         for row in rows:
             for key in ("clean_accuracy", "attack_success_rate"):

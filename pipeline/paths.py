@@ -9,6 +9,7 @@ FEWSHOT = Path("data/fewshot")
 CLEAN_MODEL = Path("models/clean")
 RESULTS = Path("results")
 SUMMARY = RESULTS / "summary.json"
+METRICS = RESULTS / "metrics.json"
 
 
 def poisoned(attack: str) -> Path:

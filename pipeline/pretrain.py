@@ -6,24 +6,12 @@ trains from scratch on it when pretrain.init is `scratch`.
 """
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
-import torch
-
 from pipeline import artifacts, paths
 from pipeline.evaluation import zero_shot_report
 from pipeline.params import Params
 from pipeline.tracking import stage_run
 from rvpt import models
 from rvpt.train import ClipTrainConfig, train_clip
-
-
-def write_curve(path: Path, losses: list[float]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["step", "loss"])
-        writer.writerows((step, f"{loss:.6f}") for step, loss in enumerate(losses))
 
 
 def run(params: Params, attack_name: str | None) -> str:
@@ -53,7 +41,7 @@ def run(params: Params, attack_name: str | None) -> str:
         report = zero_shot_report(params, model, None if clean else attack_name, split="val")
         with artifacts.atomic_dir(destination) as out:
             models.save(model, params.model.config, out)
-            write_curve(out / "loss.csv", losses)
+            artifacts.write_curve(out / "loss.csv", losses)
             artifacts.write_json(out / "pretrain.json", {**report, "final_loss": sum(losses[-50:]) / len(losses[-50:]),
                                                           "mlflow_run_id": log.id})
             log.artifact(out / "loss.csv")

@@ -11,7 +11,6 @@ import torch
 from pipeline import artifacts, paths
 from pipeline.evaluation import class_embeddings, zero_shot_report
 from pipeline.params import Params
-from pipeline.pretrain import write_curve
 from pipeline.tracking import stage_run
 from rvpt import models
 from rvpt.defenses import PromptTuningConfig, tune_prompts
@@ -60,7 +59,7 @@ def run(params: Params, attack_name: str, defense_name: str) -> str:
             save_prompts(out / "prompts.safetensors", encoder.prompts, config.first_block,
                          {"attack": attack_name, "defense": defense_name, "alpha": config.alpha,
                           "shots": params.sample.shots})
-            write_curve(out / "loss.csv", history["loss"])
+            artifacts.write_curve(out / "loss.csv", history["loss"])
             artifacts.write_json(out / "tune.json", {**summary, "mlflow_run_id": log.id})
             log.artifact(out / "prompts.safetensors")
         every = max(1, len(history["loss"]) // 500)
