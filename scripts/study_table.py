@@ -16,9 +16,11 @@ from pipeline.tracking import tracking_uri
 
 
 def experiment_params(prefixes: list[str]) -> dict[str, dict]:
-    out = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["dvc", "exp", "show", "--all-commits", "--json"], capture_output=True, text=True, check=True).stdout
     found = {}
     for baseline in json.loads(out):
+        if baseline["rev"] == "workspace" and baseline.get("data"):
+            found[""] = baseline["data"]["params"]["params.yaml"]["data"]
         for group in baseline.get("experiments") or []:
             for rev in group["revs"]:
                 name = rev.get("name") or rev["rev"][:7]
@@ -51,7 +53,7 @@ def main() -> None:
         p, m = params[name], scores[name]
         cfg = p["model"]["config"]
         cell = lambda d: f"{100 * m[f'badnet.{d}.clean_accuracy']:.1f} / {100 * m[f'badnet.{d}.attack_success_rate']:.1f}"
-        print(f"| {name} | {p['attacks']['badnet']['rate']} | {p['defenses']['rvpt']['alpha']} | {p['tune']['tokens']} "
+        print(f"| {name or 'workspace (default)'} | {p['attacks']['badnet']['rate']} | {p['defenses']['rvpt']['alpha']} | {p['tune']['tokens']} "
               f"| {p['tune']['first_block']} | {p['tune']['epochs']} | {cfg['vision_cfg']['width']}/{cfg['embed_dim']} "
               f"| {100 * m['val.val_clean_accuracy']:.1f} / {100 * m['val.val_attack_success_rate']:.1f} | {cell('none')} | {cell('rvpt')} | {cell('vpt')} |")
 
