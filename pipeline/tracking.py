@@ -52,7 +52,8 @@ def pipeline_id(commit: str) -> str:
     """Same code + same params + same experiment name = same pipeline; a short stable hash."""
     digest = hashlib.sha256()
     digest.update(commit.encode())
-    params = repo_root() / PARAMS_FILE
+    # The params this stage really runs with: in a queued experiment, its own copy, not the repo's.
+    params = Path(os.environ.get("DVC_ROOT") or Path.cwd()) / PARAMS_FILE
     digest.update(params.read_bytes() if params.exists() else b"")
     digest.update(os.environ.get("DVC_EXP_NAME", "").encode())
     return digest.hexdigest()[:12]

@@ -46,14 +46,14 @@ def latest_scores(names, experiment: str = "rvpt") -> dict[str, dict[str, float]
 def main() -> None:
     params = experiment_params(sys.argv[1:])
     scores = latest_scores(params)
-    print("| run | poison rate | alpha | b | D | epochs | width/embed | RVPT val CA/ASR "
+    print("| run | classes | shots | poison rate | alpha | b | D | epochs | width/embed | RVPT val CA/ASR "
           "| test: undefended CA/ASR | RVPT CA/ASR | VPT CA/ASR |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in sorted(scores):
         p, m = params[name], scores[name]
         cfg = p["model"]["config"]
         cell = lambda d: f"{100 * m[f'badnet.{d}.clean_accuracy']:.1f} / {100 * m[f'badnet.{d}.attack_success_rate']:.1f}"
-        print(f"| {name or 'workspace (default)'} | {p['attacks']['badnet']['rate']} | {p['defenses']['rvpt']['alpha']} | {p['tune']['tokens']} "
+        print(f"| {name or 'workspace (default)'} | {len(p['data']['classes'])} | {p['sample']['shots']} | {p['attacks']['badnet']['rate']} | {p['defenses']['rvpt']['alpha']} | {p['tune']['tokens']} "
               f"| {p['tune']['first_block']} | {p['tune']['epochs']} | {cfg['vision_cfg']['width']}/{cfg['embed_dim']} "
               f"| {100 * m['val.val_clean_accuracy']:.1f} / {100 * m['val.val_attack_success_rate']:.1f} | {cell('none')} | {cell('rvpt')} | {cell('vpt')} |")
 
