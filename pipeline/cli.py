@@ -29,7 +29,11 @@ def fail(message: str) -> None:
 
 
 def execute(name: str, params_path: Path, overrides: dict, work: Callable) -> None:
-    """Loads params (with overrides), fixes seeds and threads, runs `work(params)`, prints one summary line."""
+    """Loads params (with overrides), fixes seeds and threads, and runs `work(params)`.
+
+    `work` returns one summary or yields one per job (e.g. per tune cell); each is printed as
+    soon as its job ends, with the seconds that job took.
+    """
     import torch
 
     from pipeline import params as params_module
@@ -40,10 +44,11 @@ def execute(name: str, params_path: Path, overrides: dict, work: Callable) -> No
         torch.set_num_threads(params.threads)
         torch.manual_seed(params.seed)
         messages = work(params)
+        for message in [messages] if isinstance(messages, str) else messages:
+            typer.echo(f"rvpt stage {name}: {message} ({time.perf_counter() - started:.1f} s)")
+            started = time.perf_counter()
     except BadInput as error:
         fail(str(error))
-    for message in messages if isinstance(messages, list) else [messages]:
-        typer.echo(f"rvpt stage {name}: {message} ({time.perf_counter() - started:.1f} s)")
 
 
 def selected(requested: Optional[str], configured: dict, default: list[str], flag: str) -> list[str]:
@@ -75,7 +80,7 @@ def poison(params: Path = PARAMS,
 
     def work(p):
         names = selected(attack, p.attacks, p.run.attacks, "--attack")
-        return [stage.run(p, name) for name in names]
+        return (stage.run(p, name) for name in names)
 
     key = f"attacks.{attack}" if attack else None
     overrides = {f"{key}.rate": ("--rate", rate), f"{key}.target": ("--target", target)} if key else {}
@@ -95,7 +100,7 @@ def pretrain(params: Path = PARAMS,
     def work(p):
         if clean:
             return stage.run(p, None)
-        return [stage.run(p, name) for name in selected(attack, p.attacks, p.run.attacks, "--attack")]
+        return (stage.run(p, name) for name in selected(attack, p.attacks, p.run.attacks, "--attack"))
 
     if clean and attack:
         fail("--clean and --attack exclude each other")
@@ -128,7 +133,7 @@ def tune(params: Path = PARAMS,
     def work(p):
         attacks = selected(attack, p.attacks, p.run.attacks, "--attack")
         defenses = selected(defense, p.defenses, p.run.defenses, "--defense")
-        return [stage.run(p, a, d) for a in attacks for d in defenses]
+        return (stage.run(p, a, d) for a in attacks for d in defenses)
 
     if alpha is not None and defense is None:
         fail("--alpha needs --defense (it is a property of one defense)")
