@@ -154,8 +154,24 @@ def evaluate(params: Path = PARAMS):
 
 
 def main() -> None:
-    app()
+    """Console entry point: usage errors (a malformed value, an unknown option) become one line too,
+    still with exit code 2, instead of click's framed message."""
+    # typer >= 0.29 vendors click; its exceptions live here (typer is pinned by uv.lock).
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as error:
+        typer.echo(error.format_message())
+        code = 0
+    except ClickException as error:
+        where = f"{error.ctx.command_path}: " if getattr(error, "ctx", None) else ""
+        typer.echo(f"rvpt: error: {where}{' '.join(error.format_message().split())}", err=True)
+        code = error.exit_code
+    except typer.Abort:
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

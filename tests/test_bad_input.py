@@ -55,3 +55,15 @@ def test_missing_upstream_output_exits_2_naming_the_file(tmp_path, stage, missin
     assert result.returncode == 2
     assert missing in result.stderr and "missing upstream output" in result.stderr
     assert files(tmp_path) == [p for p in files(tmp_path) if p.name == "params.yaml"]
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["sample", "--shots", "abc"], "--shots"),
+    (["sample", "--bogus"], "--bogus"),
+    (["nope"], "nope"),
+])
+def test_malformed_command_lines_get_one_line_and_exit_2(tmp_path, args, culprit):
+    result = run(["rvpt", "stage", *args], tmp_path, check=False)
+    assert result.returncode == 2
+    assert culprit in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
