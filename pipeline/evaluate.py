@@ -6,19 +6,11 @@ every defense. Writes results/summary.json (DVC metrics) and a readable results/
 from __future__ import annotations
 
 from pipeline import artifacts, paths
-from pipeline.evaluation import class_embeddings, load_attack, load_split
+from pipeline.evaluation import class_embeddings, load_split, scorer
 from pipeline.params import Params
 from pipeline.tracking import stage_run
-from rvpt import metrics, models
+from rvpt import models
 from rvpt.prompts import PromptedVisionEncoder, load_prompts
-
-
-def scorer(params: Params, model, attack_name: str, images, labels):
-    """Scores any image encoder of `model` with text class embeddings and trigger computed once."""
-    attack, target = load_attack(params, attack_name)
-    embeds = class_embeddings(params, model)
-    return lambda encode: metrics.clean_and_attack(encode, embeds, images, labels, attack.apply, target,
-                                                   params.evaluate.batch_size)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -38,7 +30,7 @@ def run(params: Params) -> str:
         model, _ = models.load(model_dir)
         upstream[f"upstream.pretrain.{attack_name}"] = artifacts.read_json(
             model_dir / "pretrain.json", f"rvpt stage pretrain --attack {attack_name}")["mlflow_run_id"]
-        score = scorer(params, model, attack_name, images, labels)
+        score = scorer(params, attack_name, images, labels, class_embeddings(params, model))
         report = score(model.encode_image)
         rows.append({"attack": attack_name, "defense": "none", "shots": 0, **report,
                      "trainable_params": 0, "trainable_fraction": 0.0})

@@ -1,11 +1,14 @@
 """Shared by the stages that score a model: load a split and a trigger, report CA and ASR."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from safetensors.torch import load_file
 
 from pipeline import artifacts, paths
 from pipeline.params import Params
+from pipeline.poison import build_attack
 from rvpt import metrics, models, zeroshot
 from rvpt.attacks import Attack
 
@@ -19,8 +22,6 @@ def load_split(params: Params, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def load_attack(params: Params, attack_name: str) -> tuple[Attack, int]:
     """The attack with the exact trigger the poison stage used, and the target's class index."""
-    from pipeline.poison import build_attack
-
     attack = build_attack(params, attack_name)
     state_path = artifacts.require(paths.poisoned(attack_name) / "trigger.safetensors",
                                    f"rvpt stage poison --attack {attack_name}")
@@ -33,12 +34,20 @@ def class_embeddings(params: Params, model) -> torch.Tensor:
     return zeroshot.class_embeddings(model, tokenize, params.data.classes, params.model.templates)
 
 
-def zero_shot_report(params: Params, model, attack_name: str | None, split: str, encode=None) -> dict[str, float]:
-    """CA (and ASR when an attack is named) of `model`, or of `encode` with the model's text side."""
-    images, labels = load_split(params, split)
+def scorer(params: Params, attack_name: str | None, images: torch.Tensor, labels: torch.Tensor,
+           embeds: torch.Tensor) -> Callable[[Callable], dict[str, float]]:
+    """encode -> {CA, ASR}: the trigger is loaded once, so many encoders of one model share it."""
     trigger, target = None, None
     if attack_name is not None:
         attack, target = load_attack(params, attack_name)
         trigger = attack.apply
-    return metrics.clean_and_attack(encode or model.encode_image, class_embeddings(params, model), images, labels,
-                                    trigger, target, params.evaluate.batch_size)
+    return lambda encode: metrics.clean_and_attack(encode, embeds, images, labels, trigger, target,
+                                                   params.evaluate.batch_size)
+
+
+def zero_shot_report(params: Params, model, attack_name: str | None, split: str, encode=None,
+                     embeds: torch.Tensor | None = None) -> dict[str, float]:
+    """CA (and ASR when an attack is named) of `model`, or of `encode` with the model's text side."""
+    images, labels = load_split(params, split)
+    embeds = class_embeddings(params, model) if embeds is None else embeds
+    return scorer(params, attack_name, images, labels, embeds)(encode or model.encode_image)

@@ -46,11 +46,11 @@ def run(params: Params, attack_name: str, defense_name: str) -> str:
             "upstream.sample": sample_run}
     with stage_run("tune", params.tracking.experiment, logged, tags) as log:
         torch.manual_seed(params.seed)
-        encoder, history = tune_prompts(model, images, labels, class_embeddings(params, model), config,
-                                        desc=f"tune {attack_name}-{defense_name}")
+        embeds = class_embeddings(params, model)
+        encoder, history = tune_prompts(model, images, labels, embeds, config, desc=f"tune {attack_name}-{defense_name}")
         trainable = encoder.prompts.weight.numel()
         total = models.count_parameters(model.parameters())
-        report = zero_shot_report(params, model, attack_name, split="val", encode=encoder)
+        report = zero_shot_report(params, model, attack_name, split="val", encode=encoder, embeds=embeds)
         summary = {"attack": attack_name, "defense": defense_name, "shots": params.sample.shots,
                    "trainable_params": trainable, "trainable_fraction": trainable / total,
                    "final_ce": float(np.mean(history["ce"][-10:])), "final_fr": float(np.mean(history["fr"][-10:])),

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from rvpt.zeroshot import image_features, predict
+
 
 def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     if len(labels) == 0:
@@ -21,8 +23,6 @@ def attack_success_rate(triggered_predictions: torch.Tensor, labels: torch.Tenso
 def clean_and_attack(encode, class_embeds: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
                      trigger=None, target: int | None = None, batch_size: int = 512) -> dict[str, float]:
     """CA on `images`; with a trigger (any callable on [N, 3, H, W] in [0, 1]), also ASR towards `target`."""
-    from rvpt.zeroshot import image_features, predict
-
     report = {"clean_accuracy": accuracy(predict(image_features(encode, images, batch_size), class_embeds), labels)}
     if trigger is not None:
         keep = labels != target
