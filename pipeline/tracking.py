@@ -100,11 +100,26 @@ class StageRun:
             mlflow.log_artifact(str(path), folder)
 
 
+def ensure_experiment(name: str, local_store: bool) -> None:
+    """Selects the experiment, creating it with artifacts under <repo>/mlruns for the local store.
+
+    MLflow would otherwise put them under the cwd at creation time, which for a first stage run
+    by `dvc exp run --queue` is a temporary copy that DVC deletes.
+    """
+    if local_store and mlflow.get_experiment_by_name(name) is None:
+        try:
+            mlflow.create_experiment(name, artifact_location=(repo_root() / "mlruns").as_uri())
+        except mlflow.exceptions.MlflowException:
+            pass  # created meanwhile by a parallel stage
+    mlflow.set_experiment(name)
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = None):
     """Opens the stage's run with its params and identifying tags; flushes metrics on the way out."""
+    local_store = ENV_URI not in os.environ  # read first: set_tracking_uri writes that variable
     mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(experiment)
+    ensure_experiment(experiment, local_store)
     commit = git_commit()
     all_tags = {
         "rvpt.stage": stage,
