@@ -6,10 +6,9 @@ every defense. Writes results/summary.json (DVC metrics) and a readable results/
 from __future__ import annotations
 
 from pipeline import artifacts, paths
-from pipeline.evaluation import class_embeddings, load_split, scorer
+from pipeline.evaluation import class_embeddings, load_backdoored, load_split, scorer
 from pipeline.params import Params
 from pipeline.tracking import stage_run
-from rvpt import models
 from rvpt.prompts import PromptedVisionEncoder, load_prompts
 
 
@@ -26,10 +25,7 @@ def run(params: Params) -> str:
     images, labels = load_split(params, "test")
     rows, upstream = [], {}
     for attack_name in params.run.attacks:
-        model_dir = artifacts.require(paths.backdoored(attack_name), f"rvpt stage pretrain --attack {attack_name}")
-        model, _ = models.load(model_dir)
-        upstream[f"upstream.pretrain.{attack_name}"] = artifacts.read_json(
-            model_dir / "pretrain.json", f"rvpt stage pretrain --attack {attack_name}")["mlflow_run_id"]
+        model, upstream[f"upstream.pretrain.{attack_name}"] = load_backdoored(attack_name)
         score = scorer(params, attack_name, images, labels, class_embeddings(params, model))
         report = score(model.encode_image)
         rows.append({"attack": attack_name, "defense": "none", "shots": 0, **report,

@@ -29,6 +29,14 @@ def load_attack(params: Params, attack_name: str) -> tuple[Attack, int]:
     return attack, params.data.classes.index(params.attacks[attack_name].target)
 
 
+def load_backdoored(attack_name: str):
+    """The attack's backdoored model and the id of the MLflow run that trained it."""
+    made_by = f"rvpt stage pretrain --attack {attack_name}"
+    folder = artifacts.require(paths.backdoored(attack_name), made_by)
+    model, _ = models.load(folder)
+    return model, artifacts.read_json(folder / "pretrain.json", made_by)["mlflow_run_id"]
+
+
 def class_embeddings(params: Params, model) -> torch.Tensor:
     tokenize = models.tokenizer(params.model.config)
     return zeroshot.class_embeddings(model, tokenize, params.data.classes, params.model.templates)

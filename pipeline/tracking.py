@@ -19,13 +19,18 @@ ENV_URI = "MLFLOW_TRACKING_URI"
 QUEUE_DIR = Path(".dvc") / "tmp" / "exps"
 
 
+def stage_dir() -> Path:
+    """Where the stage runs: DVC sets DVC_ROOT for each stage; by hand, the current folder."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd())
+
+
 def repo_root() -> Path:
     """The repository the user works in, even when DVC runs a stage in a temporary copy.
 
-    DVC sets DVC_ROOT for each stage; `dvc exp run --queue` copies the project to
-    <repo>/.dvc/tmp/exps/<tmp>/ and deletes it afterwards, so the root is what lies above that.
+    `dvc exp run --queue` copies the project to <repo>/.dvc/tmp/exps/<tmp>/ and deletes it
+    afterwards, so the root is what lies above that.
     """
-    root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+    root = stage_dir().resolve()
     parts = root.parts
     marker = QUEUE_DIR.parts
     for i in range(len(parts) - len(marker)):
@@ -53,7 +58,7 @@ def pipeline_id(commit: str) -> str:
     digest = hashlib.sha256()
     digest.update(commit.encode())
     # The params this stage really runs with: in a queued experiment, its own copy, not the repo's.
-    params = Path(os.environ.get("DVC_ROOT") or Path.cwd()) / PARAMS_FILE
+    params = stage_dir() / PARAMS_FILE
     digest.update(params.read_bytes() if params.exists() else b"")
     digest.update(os.environ.get("DVC_EXP_NAME", "").encode())
     return digest.hexdigest()[:12]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from pipeline import artifacts, paths
-from pipeline.evaluation import class_embeddings, zero_shot_report
+from pipeline.evaluation import class_embeddings, load_backdoored, zero_shot_report
 from pipeline.params import Params
 from pipeline.tracking import stage_run
 from rvpt import models
@@ -33,16 +33,14 @@ def load_fewshot(params: Params) -> tuple[torch.Tensor, torch.Tensor]:
 
 def run(params: Params, attack_name: str, defense_name: str) -> str:
     defense = params.defenses[defense_name]
-    model_dir = artifacts.require(paths.backdoored(attack_name), f"rvpt stage pretrain --attack {attack_name}")
-    model, _ = models.load(model_dir)
+    model, pretrain_run = load_backdoored(attack_name)
     images, labels = load_fewshot(params)
-    upstream = artifacts.read_json(model_dir / "pretrain.json", f"rvpt stage pretrain --attack {attack_name}")
     sample_run = artifacts.read_json(paths.FEWSHOT / "sample.json", "rvpt stage sample")["mlflow_run_id"]
 
     config = PromptTuningConfig(alpha=defense.alpha, seed=params.seed, **params.tune.model_dump())
     logged = {"seed": params.seed, "attack_name": attack_name, "defense_name": defense_name,
               "shots": params.sample.shots, "tune": vars(config)}
-    tags = {"attack": attack_name, "defense": defense_name, "upstream.pretrain": upstream["mlflow_run_id"],
+    tags = {"attack": attack_name, "defense": defense_name, "upstream.pretrain": pretrain_run,
             "upstream.sample": sample_run}
     with stage_run("tune", params.tracking.experiment, logged, tags) as log:
         torch.manual_seed(params.seed)
