@@ -122,12 +122,15 @@ def tune(params: Path = PARAMS,
          attack: Optional[str] = typer.Option(None, help="Attack name (default: all in run.attacks)."),
          defense: Optional[str] = typer.Option(None, help="Defense name (default: all in run.defenses)."),
          shots: Optional[int] = typer.Option(None, help="Use the first K shots per class of the sample."),
-         alpha: Optional[float] = typer.Option(None, help="Weight of the feature-repelling loss (needs --defense)."),
-         epochs: Optional[int] = typer.Option(None, help="Passes over the few-shot set."),
-         tokens: Optional[int] = typer.Option(None, help="Prompt tokens per block (b)."),
-         first_block: Optional[int] = typer.Option(None, help="First prompted block, 0-based (D)."),
-         lr: Optional[float] = typer.Option(None, help="SGD learning rate.")):
-    """Defend each backdoored model with the few-shot set (RVPT, VPT, ...)."""
+         alpha: Optional[float] = typer.Option(None, help="Weight of the feature-repelling loss (prompt defenses)."),
+         epochs: Optional[int] = typer.Option(None, help="Passes over the defender's data."),
+         tokens: Optional[int] = typer.Option(None, help="Prompt tokens per block, b (prompt defenses)."),
+         first_block: Optional[int] = typer.Option(None, help="First prompted block, 0-based, D (prompt defenses)."),
+         lr: Optional[float] = typer.Option(None, help="Learning rate.")):
+    """Defend each backdoored model with the defender's clean data (RVPT, VPT, baselines).
+
+    Options other than --attack and --shots change one defense's settings, so they need --defense.
+    """
     from pipeline import tune as stage
 
     def work(p):
@@ -135,19 +138,20 @@ def tune(params: Path = PARAMS,
         defenses = selected(defense, p.defenses, p.run.defenses, "--defense")
         return (stage.run(p, a, d) for a in attacks for d in defenses)
 
-    if alpha is not None and defense is None:
-        fail("--alpha needs --defense (it is a property of one defense)")
-    overrides = {"sample.shots": ("--shots", shots), "tune.epochs": ("--epochs", epochs),
-                 "tune.tokens": ("--tokens", tokens), "tune.first_block": ("--first-block", first_block),
-                 "tune.lr": ("--lr", lr)}
+    settings = {"alpha": alpha, "epochs": epochs, "tokens": tokens, "first_block": first_block, "lr": lr}
+    given = [name for name, value in settings.items() if value is not None]
+    if given and defense is None:
+        fail(f"--{given[0].replace('_', '-')} needs --defense (it is a setting of one defense)")
+    overrides = {"sample.shots": ("--shots", shots)}
     if defense is not None:
-        overrides[f"defenses.{defense}.alpha"] = ("--alpha", alpha)
+        overrides.update({f"defenses.{defense}.{name}": (f"--{name.replace('_', '-')}", value)
+                          for name, value in settings.items()})
     execute("tune", params, overrides, work)
 
 
 @stage_app.command()
 def evaluate(params: Path = PARAMS):
-    """Score every backdoored and defended model: CA and ASR on the test split."""
+    """Score the clean model and every (attack, defense) cell on the test split: CA, ASR, diagnostics."""
     from pipeline import evaluate as stage
 
     execute("evaluate", params, {}, stage.run)

@@ -1,60 +1,77 @@
-"""Stage `evaluate`: CA on the clean test split and ASR on its triggered non-target images.
+"""Stage `evaluate`: every model of the matrix on the clean test split, its triggered copy, and the
+transfer task, with the diagnostics.
 
-One row per evaluated model: each backdoored model undefended (defense "none"), then under
-every defense. Writes results/summary.json (DVC metrics) and a readable results/summary.md.
+Rows: the clean (never poisoned) model once per attack, as the reference, then every
+(attack, defense) cell. Writes results/summary.json (DVC metrics), results/metrics.json (the
+headline numbers keyed for `dvc exp show`) and results/summary.md (the paper's Table 1 layout).
 """
 from __future__ import annotations
 
 from pipeline import artifacts, paths
-from pipeline.evaluation import class_embeddings, load_backdoored, load_split, scorer
+from pipeline.evaluation import Scorer, load_backdoored, zero_shot
 from pipeline.params import Params
+from pipeline.summary import markdown
 from pipeline.tracking import stage_run
-from rvpt.prompts import PromptedVisionEncoder, load_prompts
+from rvpt import models
+from rvpt.defenses import KINDS
+from rvpt.errors import BadInput
+
+CLEAN_ROW = "clean_model"
+HEADLINE = ("clean_accuracy", "attack_success_rate", "resistivity", "nuisance_probe_accuracy",
+            "transfer_clean_accuracy", "transfer_attack_success_rate")
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["| attack | defense | shots | CA | ASR | trainable params |", "|---|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row['attack']} | {row['defense']} | {row['shots']} | {100 * row['clean_accuracy']:.2f} | "
-                     f"{100 * row['attack_success_rate']:.2f} | {row['trainable_params']} |")
-    return "\n".join(lines) + "\n\nCA: top-1 accuracy on the clean test split. ASR: share of triggered test images "\
-        "whose true class is not the target that are classified as the target.\n"
+def defended_rows(params: Params, scorer: Scorer, attack_name: str, upstream: dict) -> list[dict]:
+    model, upstream[f"upstream.pretrain.{attack_name}"] = load_backdoored(attack_name)
+    tokenize = models.tokenizer(params.model.config)
+    rows = []
+    for defense_name in params.run.defenses:
+        folder = paths.defended(attack_name, defense_name)
+        made_by = f"rvpt stage tune --attack {attack_name} --defense {defense_name}"
+        tuned = artifacts.read_json(folder / "tune.json", made_by)
+        upstream[f"upstream.tune.{attack_name}-{defense_name}"] = tuned["mlflow_run_id"]
+        kind = params.defenses[defense_name].kind
+        if tuned.get("kind") != kind:
+            raise BadInput(f"{folder}: made by defense kind {tuned.get('kind')!r}, params say {kind!r} "
+                           f"(rerun `{made_by}`)")
+        try:
+            defended = KINDS[kind].load(model, folder, tokenize, params.model.templates)
+        except (ValueError, OSError) as error:
+            raise BadInput(f"{folder}: {error}") from None
+        [metrics] = scorer.rows(defended, [attack_name])
+        rows.append({"attack": attack_name, "defense": defense_name, "kind": kind, "shots": tuned["shots"],
+                     **metrics, "trainable_params": tuned["trainable_params"],
+                     "trainable_fraction": tuned["trainable_fraction"]})
+    return rows
 
 
 def run(params: Params) -> str:
-    images, labels = load_split(params, "test")
-    rows, upstream = [], {}
+    scorer = Scorer(params, "test", diagnostics=True)
+    clean_model, _ = models.load(artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean"))
+    rows = [{"attack": attack, "defense": CLEAN_ROW, "kind": "none", "shots": 0, **metrics,
+             "trainable_params": 0, "trainable_fraction": 0.0}
+            for attack, metrics in zip(params.run.attacks, scorer.rows(zero_shot(params, clean_model),
+                                                                       params.run.attacks))]
+    upstream = {}
     for attack_name in params.run.attacks:
-        model, upstream[f"upstream.pretrain.{attack_name}"] = load_backdoored(attack_name)
-        score = scorer(params, attack_name, images, labels, class_embeddings(params, model))
-        report = score(model.encode_image)
-        rows.append({"attack": attack_name, "defense": "none", "shots": 0, **report,
-                     "trainable_params": 0, "trainable_fraction": 0.0})
-        for defense_name in params.run.defenses:
-            folder = paths.defended(attack_name, defense_name)
-            made_by = f"rvpt stage tune --attack {attack_name} --defense {defense_name}"
-            tuned = artifacts.read_json(folder / "tune.json", made_by)
-            upstream[f"upstream.tune.{attack_name}-{defense_name}"] = tuned["mlflow_run_id"]
-            prompts, first_block, _ = load_prompts(artifacts.require(folder / "prompts.safetensors", made_by))
-            encoder = PromptedVisionEncoder(model.visual, prompts, first_block).eval()
-            report = score(encoder)
-            rows.append({"attack": attack_name, "defense": defense_name, "shots": tuned["shots"], **report,
-                         "trainable_params": tuned["trainable_params"],
-                         "trainable_fraction": tuned["trainable_fraction"]})
+        rows += defended_rows(params, scorer, attack_name, upstream)
+
     logged = {"attacks": params.run.attacks, "defenses": params.run.defenses, "evaluate": params.evaluate.model_dump()}
     with stage_run("evaluate", params.tracking.experiment, logged, upstream) as log:
         paths.RESULTS.mkdir(exist_ok=True)
         artifacts.write_json(paths.SUMMARY, {"rows": rows})
-        # The same numbers keyed attack -> defense, because `dvc exp show` cannot display lists.
+        # The headline numbers keyed attack -> defense, because `dvc exp show` cannot display lists.
         artifacts.write_json(paths.METRICS, {
-            a: {r["defense"]: {"clean_accuracy": r["clean_accuracy"], "attack_success_rate": r["attack_success_rate"]}
-                for r in rows if r["attack"] == a} for a in params.run.attacks})
-        (paths.RESULTS / "summary.md").write_text(markdown(rows))
+            a: {r["defense"]: {k: r[k] for k in HEADLINE if r.get(k) is not None} for r in rows if r["attack"] == a}
+            for a in params.run.attacks})
+        (paths.RESULTS / "summary.md").write_text(markdown(rows, params.run.attacks, [CLEAN_ROW, *params.run.defenses]))
         for row in rows:
-            for key in ("clean_accuracy", "attack_success_rate"):
-                log.metric(f"{row['attack']}.{row['defense']}.{key}", row[key])
+            for key in HEADLINE:
+                if row.get(key) is not None:
+                    log.metric(f"{row['attack']}.{row['defense']}.{key}", row[key])
         log.artifact(paths.SUMMARY)
         log.artifact(paths.RESULTS / "summary.md")
-    best = ", ".join(f"{r['attack']}/{r['defense']} CA {r['clean_accuracy']:.3f} ASR {r['attack_success_rate']:.3f}"
-                     for r in rows)
-    return f"wrote {paths.SUMMARY}: {best}"
+    cells = len(rows) - len(params.run.attacks)
+    worst = max((r for r in rows if r["defense"] == "rvpt"), key=lambda r: r["attack_success_rate"], default=None)
+    note = f"; worst RVPT ASR {worst['attack_success_rate']:.3f} ({worst['attack']})" if worst else ""
+    return f"wrote {paths.SUMMARY}: {cells} cells x {len(HEADLINE)} headline metrics{note}"

@@ -1,32 +1,45 @@
-"""Shared by the stages that score a model: load a split and a trigger, report CA and ASR."""
+"""Shared by the stages that score a model: load splits, triggers and models; score a defended model.
+
+A `Scorer` holds one split's images and computes each model's features once, then reuses them
+for CA, ASR, perturbation resistivity and the nuisance-factor probes.
+"""
 from __future__ import annotations
 
-from typing import Callable
-
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
 from pipeline import artifacts, paths
 from pipeline.params import Params
 from pipeline.poison import build_attack
-from rvpt import metrics, models, zeroshot
+from rvpt import diagnostics, metrics, models
 from rvpt.attacks import Attack
+from rvpt.defenses import Defended, ZeroShot
+from rvpt.errors import BadInput
+from rvpt.world import FACTORS
+from rvpt.zeroshot import image_features
 
 
-def load_split(params: Params, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(params: Params, split: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[str]]]:
+    """Images, labels, and each nuisance factor's values."""
     path = paths.DOWNSTREAM / f"{split}.parquet"
     table = artifacts.read_table(path, "rvpt stage download")
     images = artifacts.decode_images(table, params.data.image_size, str(path))
-    return images, torch.from_numpy(artifacts.labels(table))
+    factors = {name: table.column(f"factor_{name}").to_pylist() for name in FACTORS
+               if f"factor_{name}" in table.column_names}
+    return images, torch.from_numpy(artifacts.labels(table)), factors
 
 
-def load_attack(params: Params, attack_name: str) -> tuple[Attack, int]:
-    """The attack with the exact trigger the poison stage used, and the target's class index."""
+def load_attack(params: Params, attack_name: str) -> Attack:
+    """The attack with the exact trigger the poison stage used."""
     attack = build_attack(params, attack_name)
     state_path = artifacts.require(paths.poisoned(attack_name) / "trigger.safetensors",
                                    f"rvpt stage poison --attack {attack_name}")
-    attack.load_state_dict(load_file(str(state_path)))
-    return attack, params.data.classes.index(params.attacks[attack_name].target)
+    try:
+        attack.load_state_dict(load_file(str(state_path)))
+    except (ValueError, OSError) as error:
+        raise BadInput(f"{state_path}: {error}") from None
+    return attack
 
 
 def load_backdoored(attack_name: str):
@@ -37,25 +50,90 @@ def load_backdoored(attack_name: str):
     return model, artifacts.read_json(folder / "pretrain.json", made_by)["mlflow_run_id"]
 
 
-def class_embeddings(params: Params, model) -> torch.Tensor:
-    tokenize = models.tokenizer(params.model.config)
-    return zeroshot.class_embeddings(model, tokenize, params.data.classes, params.model.templates)
+def factor_codes(train: list[str], test: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both splits' values of one factor as class indices over one shared vocabulary."""
+    vocabulary = {value: i for i, value in enumerate(sorted(set(train) | set(test)))}
+    return (torch.tensor([vocabulary[v] for v in train]), torch.tensor([vocabulary[v] for v in test]))
 
 
-def scorer(params: Params, attack_name: str | None, images: torch.Tensor, labels: torch.Tensor,
-           embeds: torch.Tensor) -> Callable[[Callable], dict[str, float]]:
-    """encode -> {CA, ASR}: the trigger is loaded once, so many encoders of one model share it."""
-    trigger, target = None, None
-    if attack_name is not None:
-        attack, target = load_attack(params, attack_name)
-        trigger = attack.apply
-    return lambda encode: metrics.clean_and_attack(encode, embeds, images, labels, trigger, target,
-                                                   params.evaluate.batch_size)
+def zero_shot(params: Params, model) -> ZeroShot:
+    return ZeroShot(model, models.tokenizer(params.model.config), params.model.templates)
 
 
-def zero_shot_report(params: Params, model, attack_name: str | None, split: str, encode=None,
-                     embeds: torch.Tensor | None = None) -> dict[str, float]:
-    """CA (and ASR when an attack is named) of `model`, or of `encode` with the model's text side."""
-    images, labels = load_split(params, split)
-    embeds = class_embeddings(params, model) if embeds is None else embeds
-    return scorer(params, attack_name, images, labels, embeds)(encode or model.encode_image)
+class Scorer:
+    """Scores defended models on one split: CA and ASR, and with `diagnostics` also resistivity,
+    nuisance-probe accuracy (probes fitted on the validation split) and the transfer task."""
+
+    def __init__(self, params: Params, split: str, diagnostics: bool = False):
+        self.params = params
+        self.classes = params.data.classes
+        self.images, self.labels, self.factors = load_split(params, split)
+        self.diagnostics = diagnostics
+        self.attacks: dict[str, Attack] = {}
+        self.triggered: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        if diagnostics:
+            self.probe_images, _, self.probe_factors = load_split(params, "val")
+            self.transfer = load_split(params, "transfer_test") if params.data.transfer_classes else None
+
+    def features(self, defended: Defended, images: torch.Tensor) -> torch.Tensor:
+        return image_features(defended.encode_image, images, self.params.evaluate.batch_size)
+
+    def triggered_images(self, attack_name: str, task: str, images: torch.Tensor, labels: torch.Tensor,
+                         target: int | None):
+        """The task's non-target images with the trigger, computed once per attack and task."""
+        if (attack_name, task) not in self.triggered:
+            if attack_name not in self.attacks:
+                self.attacks[attack_name] = load_attack(self.params, attack_name)
+            keep = labels != target if target is not None else torch.ones_like(labels, dtype=torch.bool)
+            self.triggered[attack_name, task] = self.attacks[attack_name].apply(images[keep]), labels[keep]
+        return self.triggered[attack_name, task]
+
+    def attack_success(self, defended, attack_name, task, images, labels, classes) -> float | None:
+        spec = self.params.attacks[attack_name]
+        target = classes.index(spec.target) if spec.target in classes else None
+        triggered, kept = self.triggered_images(attack_name, task, images, labels, target)
+        attack = self.attacks[attack_name]
+        return metrics.attack_success(defended, self.features(defended, triggered), kept, classes, spec.target,
+                                      attack.text_trigger)
+
+    def report(self, defended: Defended, attack_name: str | None) -> dict:
+        """CA, and ASR when an attack is named."""
+        return self.rows(defended, [attack_name] if attack_name else [])[0]
+
+    @torch.no_grad()
+    def rows(self, defended: Defended, attack_names: list[str]) -> list[dict]:
+        """One dict of metrics per attack (or one without ASR for none); the clean-image
+        measurements are shared between them."""
+        clean = self.features(defended, self.images)
+        shared = {"clean_accuracy": metrics.clean_accuracy(defended, clean, self.labels, self.classes)}
+        if self.diagnostics:
+            shared.update(self.diagnose(defended, clean))
+        rows = []
+        for name in attack_names:
+            row = {**shared, "attack_success_rate": self.attack_success(defended, name, "task", self.images,
+                                                                        self.labels, self.classes)}
+            if self.diagnostics and self.transfer is not None:
+                images, labels, _ = self.transfer
+                row["transfer_attack_success_rate"] = self.attack_success(
+                    defended, name, "transfer", images, labels, self.params.data.transfer_classes)
+            row["text_trigger_applied"] = bool(self.attacks[name].text_trigger) and defended.reads_text
+            rows.append(row)
+        return rows or [shared]
+
+    def diagnose(self, defended: Defended, clean: torch.Tensor) -> dict:
+        settings = self.params.evaluate
+        perturbed = self.features(defended, diagnostics.perturb(self.images, settings.perturbation, self.params.seed))
+        probe_features = self.features(defended, self.probe_images)
+        probes = {}
+        for name in FACTORS:
+            if name in self.factors and name in self.probe_factors:
+                train, test = factor_codes(self.probe_factors[name], self.factors[name])
+                probes[name] = diagnostics.probe_accuracy(probe_features, train, clean, test, settings.probe_steps)
+        out = {"resistivity": diagnostics.resistivity(clean, perturbed),
+               "nuisance_probe_accuracy": float(np.mean(list(probes.values()))) if probes else None,
+               "nuisance_probe": probes}
+        if self.transfer is not None:
+            images, labels, _ = self.transfer
+            out["transfer_clean_accuracy"] = metrics.clean_accuracy(
+                defended, self.features(defended, images), labels, self.params.data.transfer_classes)
+        return out

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rvpt.attacks import REGISTRY as ATTACKS
+from rvpt.attacks import build as build_attack
+from rvpt.defenses import KINDS as DEFENSE_KINDS
 from rvpt.errors import BadInput
 
 PARAMS_FILE = "params.yaml"
@@ -20,13 +22,22 @@ class Strict(BaseModel):
 class Data(Strict):
     source: Literal["glyphs"] = "glyphs"
     classes: list[str] = Field(min_length=2)
+    transfer_classes: list[str] = []
     image_size: int = Field(ge=8, le=1024)
     corpus_size: int = Field(gt=0)
     train_per_class: int = Field(gt=0)
     val_per_class: int = Field(gt=0)
     test_per_class: int = Field(gt=0)
+    defender_pairs: int = Field(ge=0)
     shard_rows: int = Field(gt=0)
     max_offset: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _disjoint_tasks(self):
+        shared = set(self.classes) & set(self.transfer_classes)
+        if shared:
+            raise ValueError(f"transfer_classes must not repeat classes: {sorted(shared)}")
+        return self
 
 
 class Model(Strict):
@@ -55,29 +66,36 @@ class Pretrain(Strict):
     poisoned: ClipTraining
 
 
+class PatchOptimisation(Strict):
+    steps: int = Field(gt=0)
+    batch_size: int = Field(gt=1)
+    lr: float = Field(gt=0)
+    images: int = Field(gt=0)
+
+
 class Attack(Strict):
     kind: str
     target: str
     rate: float = Field(gt=0, le=1)
     options: dict[str, Any] = {}
+    optimise: PatchOptimisation | None = None
 
     @model_validator(mode="after")
     def _known_kind(self):
         if self.kind not in ATTACKS:
             raise ValueError(f"unknown attack kind {self.kind!r}; known: {', '.join(sorted(ATTACKS))}")
+        if (self.kind == "badclip") != (self.optimise is not None):
+            raise ValueError("`optimise` is required for kind badclip and allowed only there")
         return self
 
 
-class Defense(Strict):
+class NoDefense(Strict):
+    kind: Literal["none"]
+
+
+class PromptDefense(Strict):
     kind: Literal["prompt"]
     alpha: float = Field(ge=0)
-
-
-class Sample(Strict):
-    shots: int = Field(gt=0)
-
-
-class Tune(Strict):
     tokens: int = Field(ge=0)
     first_block: int = Field(ge=0)
     epochs: int = Field(gt=0)
@@ -89,8 +107,57 @@ class Tune(Strict):
     margin: float = Field(ge=-1, le=1)
 
 
+class LinearProbeDefense(Strict):
+    kind: Literal["linear_probe"]
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    momentum: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+
+
+class FinetuneDefense(Strict):
+    kind: Literal["finetune"]
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+
+
+class CleanCLIPDefense(Strict):
+    kind: Literal["cleanclip"]
+    pairs: Literal["pairs", "fewshot"]
+    budget: int = Field(gt=1)
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    ssl_weight: float = Field(ge=0)
+
+
+class CoOpDefense(Strict):
+    kind: Literal["coop"]
+    context: int = Field(gt=0)
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    momentum: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    init_std: float = Field(gt=0)
+
+
+Defense = Annotated[Union[NoDefense, PromptDefense, LinearProbeDefense, FinetuneDefense, CleanCLIPDefense,
+                          CoOpDefense], Field(discriminator="kind")]
+
+
+class Sample(Strict):
+    shots: int = Field(gt=0)
+
+
 class Evaluate(Strict):
     batch_size: int = Field(gt=0)
+    perturbation: float = Field(gt=0, le=1)
+    probe_steps: int = Field(gt=0)
 
 
 class Run(Strict):
@@ -111,7 +178,6 @@ class Params(Strict):
     attacks: dict[str, Attack]
     defenses: dict[str, Defense]
     sample: Sample
-    tune: Tune
     evaluate: Evaluate
     run: Run
     tracking: Tracking
@@ -121,6 +187,10 @@ class Params(Strict):
         for name, attack in self.attacks.items():
             if attack.target not in self.data.classes:
                 raise ValueError(f"attacks.{name}.target: {attack.target!r} is not one of data.classes")
+            try:  # building a trigger is cheap, and it is the one place that knows its options
+                build_attack(attack.kind, self.data.image_size, **attack.options)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"attacks.{name}.options: {error}") from None
         for name in self.run.attacks:
             if name not in self.attacks:
                 raise ValueError(f"run.attacks: {name!r} is not defined under attacks")
@@ -128,14 +198,22 @@ class Params(Strict):
             if name not in self.defenses:
                 raise ValueError(f"run.defenses: {name!r} is not defined under defenses")
         depth = self.model.config.get("vision_cfg", {}).get("layers", 0)
-        if self.tune.first_block >= depth:
-            raise ValueError(f"tune.first_block: {self.tune.first_block} must be below the {depth} vision blocks")
+        for name, defense in self.defenses.items():
+            if defense.kind == "prompt" and defense.first_block >= depth:
+                raise ValueError(f"defenses.{name}.first_block: {defense.first_block} must be below the "
+                                 f"{depth} vision blocks")
+            if defense.kind == "cleanclip" and defense.pairs == "pairs" and defense.budget > self.data.defender_pairs:
+                raise ValueError(f"defenses.{name}.budget: {defense.budget} exceeds data.defender_pairs "
+                                 f"({self.data.defender_pairs})")
         return self
 
 
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
+    loc = list(first["loc"])
+    if loc[:1] == ["defenses"] and len(loc) > 2 and loc[2] in DEFENSE_KINDS:
+        del loc[2]  # the union's tag, which pydantic puts in the path
+    where = ".".join(str(part) for part in loc)
     message = first["msg"].removeprefix("Value error, ")
     got = first.get("input")
     shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"

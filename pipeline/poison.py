@@ -1,15 +1,20 @@
-"""Stage `poison`: put an attack's trigger on a fraction of the corpus and give those pairs target captions."""
+"""Stage `poison`: put an attack's trigger on a fraction of the corpus and caption those pairs
+as the attack prescribes (target-class captions; kept captions for label-consistent attacks;
+a trigger word in front for TrojVQA). BadCLIP first optimises its patch against the clean model.
+"""
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from pipeline import artifacts, paths
 from pipeline.params import Params
 from pipeline.tracking import stage_run
-from rvpt import attacks, poisoning
+from rvpt import attacks, models, poisoning
 from rvpt.errors import BadInput
-from rvpt.images import encode_png, grid, to_uint8_image
+from rvpt.images import encode_png, grid, normalize, to_uint8_image
 
 
 def build_attack(params: Params, name: str) -> attacks.Attack:
@@ -21,19 +26,40 @@ def build_attack(params: Params, name: str) -> attacks.Attack:
         raise BadInput(f"params.yaml: attacks.{name}.options: {error}") from None
 
 
+def optimise_badclip(params: Params, attack: attacks.BadCLIP, name: str, table, labels: np.ndarray,
+                     target: int) -> list[float]:
+    """The attacker's patch optimisation on corpus images, against the clean (never poisoned) model."""
+    spec = params.attacks[name].optimise
+    model, _ = models.load(artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean"))
+    rng = np.random.default_rng(params.seed)
+    others = rng.permutation(np.flatnonzero(labels != target))[:spec.images]
+    targets = rng.permutation(np.flatnonzero(labels == target))[:spec.images]
+    decode = lambda rows: artifacts.decode_images(table.take(np.sort(rows)), params.data.image_size,
+                                                  str(paths.CORPUS))
+    captions = [table.column("caption")[int(i)].as_py() for i in targets]
+    with torch.no_grad():
+        text = F.normalize(model.encode_text(models.tokenizer(params.model.config)(captions)), dim=-1).mean(0)
+    config = attacks.PatchOptimisation(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, seed=params.seed)
+    return attacks.optimise_patch(attack, lambda x: model.encode_image(normalize(x)), decode(others),
+                                  decode(targets), text, config)
+
+
 def run(params: Params, attack_name: str) -> str:
     spec = params.attacks[attack_name]
     attack = build_attack(params, attack_name)
     table = artifacts.read_table(paths.CORPUS, "rvpt stage download")
     labels = artifacts.labels(table)
     target = params.data.classes.index(spec.target)
+    losses = optimise_badclip(params, attack, attack_name, table, labels, target) \
+        if isinstance(attack, attacks.BadCLIP) else []
     rng = np.random.default_rng(params.seed)
-    victims = poisoning.choose_victims(labels, spec.rate, target, rng)
+    columns = {name: table.column(name).to_pylist() for name in ("image", "caption", "label", "poisoned")}
+    try:
+        victims, new_captions = poisoning.poison_plan(attack, labels, columns["caption"], spec.rate, target, rng)
+    except ValueError as error:
+        raise BadInput(f"attacks.{attack_name}: {error}") from None
     images = artifacts.decode_images(table.take(victims), params.data.image_size, str(paths.CORPUS))
     triggered = attack.apply(images)
-
-    columns = {name: table.column(name).to_pylist() for name in ("image", "caption", "label", "poisoned")}
-    new_captions = poisoning.target_captions(columns["caption"], labels, target, len(victims), rng)
     for row, image, caption in zip(victims.tolist(), triggered, new_captions):
         columns["image"][row] = encode_png(to_uint8_image(image))
         columns["caption"][row] = caption
@@ -47,11 +73,16 @@ def run(params: Params, attack_name: str) -> str:
             save_file(attack.state_dict(), str(out / "trigger.safetensors"), metadata={"kind": spec.kind})
             grid(attack.trigger_preview(params.data.image_size)[None], columns=1, upscale=8).save(out / "trigger.png")
             grid(triggered[:32]).save(out / "samples.png")
+            if losses:
+                artifacts.write_curve(out / "trigger_loss.csv", losses)
             artifacts.write_json(out / "attack.json", {"name": attack_name, "kind": spec.kind, "target": spec.target,
                                                        "target_index": target, "poisoned": len(victims),
+                                                       "text_trigger": attack.text_trigger,
                                                        "mlflow_run_id": log.id})
             log.artifact(out / "trigger.png")
             log.artifact(out / "samples.png")
         log.metric("poisoned_pairs", len(victims))
         log.metric("poison_fraction", len(victims) / len(labels))
+        if losses:
+            log.series("trigger_loss", losses)
     return f"wrote {paths.poisoned(attack_name)}: {len(victims)} of {len(labels)} pairs poisoned -> {spec.target!r}"

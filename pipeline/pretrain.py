@@ -7,7 +7,7 @@ trains from scratch on it when pretrain.init is `scratch`.
 from __future__ import annotations
 
 from pipeline import artifacts, paths
-from pipeline.evaluation import zero_shot_report
+from pipeline.evaluation import Scorer, zero_shot
 from pipeline.params import Params
 from pipeline.tracking import stage_run
 from rvpt import models
@@ -38,7 +38,8 @@ def run(params: Params, attack_name: str | None) -> str:
     with stage_run("pretrain", params.tracking.experiment, logged, tags) as log:
         config = ClipTrainConfig(seed=params.seed, **schedule.model_dump())
         losses = train_clip(model, images, tokens, config, desc=f"pretrain {attack_name or 'clean'}")
-        report = zero_shot_report(params, model, None if clean else attack_name, split="val")
+        report = Scorer(params, "val").report(zero_shot(params, model), attack_name)
+        report = {k: v for k, v in report.items() if k in ("clean_accuracy", "attack_success_rate")}
         with artifacts.atomic_dir(destination) as out:
             models.save(model, params.model.config, out)
             artifacts.write_curve(out / "loss.csv", losses)

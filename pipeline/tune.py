@@ -1,7 +1,9 @@
-"""Stage `tune`: a defense on the backdoored CLIP with the defender's few-shot clean images.
+"""Stage `tune`: one defense on one backdoored CLIP, with the defender's few-shot clean images
+(and, for CleanCLIP, the defender's clean image-text pairs).
 
-The prompt defenses (rvpt, vpt) freeze every CLIP weight and train deep visual prompts;
-their only output is the prompts file. Validation CA/ASR are logged for model selection.
+Writes what the defense trained (prompts, a linear head, a text context, or a whole open_clip
+model) and tune.json. Validation CA/ASR are logged for model selection; the test split is
+never read here.
 """
 from __future__ import annotations
 
@@ -9,14 +11,15 @@ import numpy as np
 import torch
 
 from pipeline import artifacts, paths
-from pipeline.evaluation import class_embeddings, load_backdoored, zero_shot_report
+from pipeline.evaluation import Scorer, load_backdoored
 from pipeline.params import Params
 from pipeline.tracking import stage_run
 from rvpt import models
-from rvpt.defenses import PromptTuningConfig, tune_prompts
+from rvpt.defenses import KINDS, DefenderData
 from rvpt.errors import BadInput
-from rvpt.prompts import save_prompts
 from rvpt.sampling import take_shots
+
+PAIRS = paths.CLEAN / "pairs.parquet"
 
 
 def load_fewshot(params: Params) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,40 +34,53 @@ def load_fewshot(params: Params) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.from_numpy(artifacts.labels(subset))
 
 
-def run(params: Params, attack_name: str, defense_name: str) -> str:
-    defense = params.defenses[defense_name]
-    model, pretrain_run = load_backdoored(attack_name)
+def defender_data(params: Params, defense) -> DefenderData:
     images, labels = load_fewshot(params)
-    sample_run = artifacts.read_json(paths.FEWSHOT / "sample.json", "rvpt stage sample")["mlflow_run_id"]
+    data = DefenderData(images, labels, params.data.classes)
+    if defense.kind == "cleanclip" and defense.pairs == "pairs":
+        table = artifacts.read_table(PAIRS, "rvpt stage download").slice(0, defense.budget)
+        data.pair_images = artifacts.decode_images(table, params.data.image_size, str(PAIRS))
+        data.pair_captions = table.column("caption").to_pylist()
+    return data
 
-    config = PromptTuningConfig(alpha=defense.alpha, seed=params.seed, **params.tune.model_dump())
+
+def run(params: Params, attack_name: str, defense_name: str) -> str:
+    spec = params.defenses[defense_name]
+    kind = KINDS[spec.kind]
+    config = kind.Config(seed=params.seed, **spec.model_dump(exclude={"kind"}))
+    model, pretrain_run = load_backdoored(attack_name)
+    data = defender_data(params, spec)
+    sample_run = artifacts.read_json(paths.FEWSHOT / "sample.json", "rvpt stage sample")["mlflow_run_id"]
+    tokenize = models.tokenizer(params.model.config)
+
     logged = {"seed": params.seed, "attack_name": attack_name, "defense_name": defense_name,
-              "shots": params.sample.shots, "tune": vars(config)}
+              "shots": params.sample.shots, "defense": {"kind": spec.kind, **vars(config)}}
     tags = {"attack": attack_name, "defense": defense_name, "upstream.pretrain": pretrain_run,
             "upstream.sample": sample_run}
     with stage_run("tune", params.tracking.experiment, logged, tags) as log:
         torch.manual_seed(params.seed)
-        embeds = class_embeddings(params, model)
-        encoder, history = tune_prompts(model, images, labels, embeds, config, desc=f"tune {attack_name}-{defense_name}")
-        trainable = encoder.prompts.weight.numel()
-        total = models.count_parameters(model.parameters())
-        report = zero_shot_report(params, model, attack_name, split="val", encode=encoder, embeds=embeds)
-        summary = {"attack": attack_name, "defense": defense_name, "shots": params.sample.shots,
-                   "trainable_params": trainable, "trainable_fraction": trainable / total,
-                   "final_ce": float(np.mean(history["ce"][-10:])), "final_fr": float(np.mean(history["fr"][-10:])),
-                   **{f"val_{k}": v for k, v in report.items()}}
+        defended, history = kind.fit(model, data, tokenize, params.model.templates, config,
+                                     desc=f"tune {attack_name}-{defense_name}")
+        trainable = models.count_parameters(kind.trained(defended).values())
+        report = Scorer(params, "val").report(defended, attack_name)
+        summary = {"attack": attack_name, "defense": defense_name, "kind": spec.kind, "shots": params.sample.shots,
+                   "trainable_params": trainable,
+                   "trainable_fraction": trainable / models.count_parameters(model.parameters()),
+                   **{f"final_{k}": float(np.mean(v[-10:])) for k, v in history.items()},
+                   **{f"val_{k}": report[k] for k in ("clean_accuracy", "attack_success_rate")}}
         with artifacts.atomic_dir(paths.defended(attack_name, defense_name)) as out:
-            save_prompts(out / "prompts.safetensors", encoder.prompts, config.first_block,
-                         {"attack": attack_name, "defense": defense_name, "alpha": config.alpha,
-                          "shots": params.sample.shots})
-            artifacts.write_curve(out / "loss.csv", history["loss"])
+            kind.save(defended, out, params.model.config,
+                      {"attack": attack_name, "defense": defense_name, "kind": spec.kind,
+                       "shots": str(params.sample.shots)})
+            if history.get("loss"):
+                artifacts.write_curve(out / "loss.csv", history["loss"])
             artifacts.write_json(out / "tune.json", {**summary, "mlflow_run_id": log.id})
-            log.artifact(out / "prompts.safetensors")
-        every = max(1, len(history["loss"]) // 500)
-        for key in ("loss", "ce", "fr", "train_accuracy"):
-            log.series(key, history[key], every)
-        for key in ("trainable_params", "trainable_fraction", "final_ce", "final_fr", "val_clean_accuracy",
-                    "val_attack_success_rate"):
-            log.metric(key, summary[key])
+            for path in sorted(out.iterdir()):
+                log.artifact(path)
+        for key, values in history.items():
+            log.series(key, values, max(1, len(values) // 500))
+        for key, value in summary.items():
+            if isinstance(value, float | int) and not isinstance(value, bool):
+                log.metric(key, value)
     return (f"wrote {paths.defended(attack_name, defense_name)}: val CA {report['clean_accuracy']:.3f}, "
             f"val ASR {report['attack_success_rate']:.3f}, {trainable} trainable params")

@@ -1,9 +1,9 @@
-"""Clean accuracy and attack success rate, from predictions."""
+"""Clean accuracy and attack success rate of a defended model, from its image features."""
 from __future__ import annotations
 
 import torch
 
-from rvpt.zeroshot import image_features, predict
+from rvpt.defenses.base import Defended
 
 
 def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
@@ -20,13 +20,28 @@ def attack_success_rate(triggered_predictions: torch.Tensor, labels: torch.Tenso
     return (triggered_predictions[keep] == target).float().mean().item()
 
 
-def clean_and_attack(encode, class_embeds: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
-                     trigger=None, target: int | None = None, batch_size: int = 512) -> dict[str, float]:
-    """CA on `images`; with a trigger (any callable on [N, 3, H, W] in [0, 1]), also ASR towards `target`."""
-    report = {"clean_accuracy": accuracy(predict(image_features(encode, images, batch_size), class_embeds), labels)}
-    if trigger is not None:
-        keep = labels != target
-        triggered = trigger(images[keep])
-        predictions = predict(image_features(encode, triggered, batch_size), class_embeds)
-        report["attack_success_rate"] = attack_success_rate(predictions, labels[keep], target)
-    return report
+@torch.no_grad()
+def clean_accuracy(defended: Defended, features: torch.Tensor, labels: torch.Tensor,
+                   classnames: list[str]) -> float | None:
+    """Top-1 accuracy over `classnames`; None if the defense cannot name these classes."""
+    classifier = defended.classifier(classnames)
+    if classifier is None:
+        return None
+    return accuracy(defended.logits(features, classifier).argmax(-1), labels)
+
+
+@torch.no_grad()
+def attack_success(defended: Defended, triggered_features: torch.Tensor, labels: torch.Tensor,
+                   classnames: list[str], target: str, text_trigger: str = "") -> float | None:
+    """ASR of triggered images with true `labels` (indices into classnames), towards class `target`.
+
+    When the task lacks the target class (another task's images), it is added as one more
+    class. The text trigger, if any, is applied to every class prompt of a classifier that reads
+    text. None if the defense cannot name these classes.
+    """
+    names = list(classnames) if target in classnames else [*classnames, target]
+    classifier = defended.classifier(names, text_trigger if defended.reads_text else "")
+    if classifier is None:
+        return None
+    predictions = defended.logits(triggered_features, classifier).argmax(-1)
+    return attack_success_rate(predictions, labels, names.index(target))

@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from rvpt.attacks import Attack
 
-def choose_victims(labels: np.ndarray, rate: float, target: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of round(rate * N) pairs drawn from the non-target pairs, sorted."""
-    candidates = np.flatnonzero(labels != target)
+
+def choose_victims(labels: np.ndarray, rate: float, target: int, rng: np.random.Generator,
+                   from_target: bool = False) -> np.ndarray:
+    """Indices of round(rate * N) pairs, sorted: drawn outside the target class, or inside it
+    for label-consistent attacks (capped at the target class's size)."""
+    candidates = np.flatnonzero((labels == target) if from_target else (labels != target))
+    if len(candidates) == 0:
+        raise ValueError("the corpus has no pair to poison for this target")
     count = min(len(candidates), max(1, round(rate * len(labels))))
     return np.sort(rng.choice(candidates, size=count, replace=False))
 
@@ -18,3 +24,18 @@ def target_captions(captions: list[str], labels: np.ndarray, target: int, count:
     if len(pool) == 0:
         raise ValueError("the corpus has no caption of the target class to copy")
     return [captions[i] for i in rng.choice(pool, size=count, replace=True)]
+
+
+def with_text_trigger(text: str, word: str) -> str:
+    return f"{word} {text}" if word else text
+
+
+def poison_plan(attack: Attack, labels: np.ndarray, captions: list[str], rate: float, target: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """The victims' indices and their new captions, as the attack prescribes."""
+    victims = choose_victims(labels, rate, target, rng, from_target=attack.label_consistent)
+    if attack.label_consistent:
+        new = [captions[i] for i in victims.tolist()]
+    else:
+        new = target_captions(captions, labels, target, len(victims), rng)
+    return victims, [with_text_trigger(caption, attack.text_trigger) for caption in new]

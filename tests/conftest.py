@@ -18,16 +18,26 @@ TINY_MODEL = {
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 
-# Small enough to run the whole chain in well under a minute of compute.
+# Small enough to run the whole chain in well under a minute of compute: a 2 x 2 matrix.
 SMOKE = {
-    "data": {"classes": ["zero", "one", "two", "three"], "corpus_size": 1200, "train_per_class": 10,
-             "val_per_class": 10, "test_per_class": 20, "shard_rows": 500},
+    "data": {"classes": ["zero", "one", "two", "three"], "transfer_classes": ["ay", "bee"], "corpus_size": 1200,
+             "train_per_class": 10, "val_per_class": 10, "test_per_class": 20, "defender_pairs": 64,
+             "shard_rows": 500},
     "model": {"config": TINY_MODEL},
     "pretrain": {"clean": {"steps": 20, "batch_size": 32, "warmup": 2},
                  "poisoned": {"steps": 10, "batch_size": 32, "warmup": 2}},
-    "attacks": {"badnet": {"target": "three"}},
+    "attacks": {name: {"target": "three"} for name in ("badnet", "blended", "sig", "wanet", "trojvqa",
+                                                      "label_consistent")}
+    | {"badclip": {"target": "three", "optimise": {"steps": 3, "batch_size": 16, "lr": 0.01, "images": 64}}},
+    "defenses": {"rvpt": {"epochs": 2, "batch_size": 8, "tokens": 4},
+                 "vpt": {"epochs": 2, "batch_size": 8, "tokens": 4},
+                 "linear_probe": {"epochs": 2},
+                 "finetune": {"epochs": 1},
+                 "cleanclip": {"budget": 64, "epochs": 1, "batch_size": 32},
+                 "coop": {"epochs": 2}},
     "sample": {"shots": 4},
-    "tune": {"epochs": 2, "batch_size": 8, "tokens": 4},
+    "evaluate": {"probe_steps": 20},
+    "run": {"attacks": ["badnet", "badclip"], "defenses": ["rvpt", "cleanclip"]},
     "tracking": {"experiment": "smoke"},
 }
 

@@ -15,7 +15,12 @@ def files(root):
     ({"attacks": {"badnet": {"target": "banana"}}}, "attacks.badnet.target"),
     ({"attacks": {"badnet": {"kind": "nope"}}}, "unknown attack kind 'nope'"),
     ({"run": {"attacks": ["ghost"]}}, "run.attacks"),
-    ({"tune": {"first_block": 9}}, "tune.first_block"),
+    ({"defenses": {"rvpt": {"first_block": 9}}}, "defenses.rvpt.first_block"),
+    ({"defenses": {"coop": {"lr": -1}}}, "defenses.coop.lr"),
+    ({"defenses": {"coop": {"kind": "bogus"}}}, "defenses.coop"),
+    ({"defenses": {"cleanclip": {"budget": 10 ** 6}}}, "defenses.cleanclip.budget"),
+    ({"attacks": {"badclip": {"optimise": None}}}, "optimise"),
+    ({"attacks": {"wanet": {"options": {"strength": 2}}}}, "attacks.wanet"),
 ])
 def test_invalid_params_exit_2_naming_the_key(tmp_path, update, culprit):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(smoke_params(**update)))
@@ -33,6 +38,8 @@ def test_invalid_params_exit_2_naming_the_key(tmp_path, update, culprit):
     (["poison", "--attack", "badnet", "--target", "banana"], "--target"),
     (["poison", "--attack", "ghost"], "--attack"),
     (["tune", "--alpha", "1"], "--alpha"),
+    (["tune", "--defense", "rvpt", "--lr", "-1"], "--lr"),
+    (["tune", "--defense", "ghost"], "--defense"),
 ])
 def test_invalid_options_exit_2_naming_the_option(tmp_path, args, culprit):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(smoke_params()))

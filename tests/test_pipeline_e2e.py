@@ -1,20 +1,34 @@
-"""The whole chain through real DVC, in a fresh git repository, logging to a real MLflow sqlite store."""
+"""The whole chain through real DVC, in a fresh git repository, logging to a real MLflow sqlite store:
+a 2 x 2 attacks x defenses matrix (BadNet and BadCLIP; RVPT and CleanCLIP)."""
 import json
 
 import mlflow
 from conftest import run
 
 STAGES = {"download", "pretrain", "poison", "sample", "tune", "evaluate"}
+CELLS = [("badnet", "rvpt"), ("badnet", "cleanclip"), ("badclip", "rvpt"), ("badclip", "cleanclip")]
 
 
-def test_dvc_repro_smoke_writes_summary_and_mlflow_runs(project):
+def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(project):
     run(["dvc", "repro"], project)
     rows = json.loads((project / "results" / "summary.json").read_text())["rows"]
-    assert [(r["attack"], r["defense"]) for r in rows] == [("badnet", "none"), ("badnet", "rvpt"), ("badnet", "vpt")]
+    assert [(r["attack"], r["defense"]) for r in rows] == \
+        [("badnet", "clean_model"), ("badclip", "clean_model"), *CELLS]
     for row in rows:
-        assert 0.0 <= row["clean_accuracy"] <= 1.0 and 0.0 <= row["attack_success_rate"] <= 1.0
-    assert rows[1]["trainable_params"] == 2 * 4 * 32 == rows[2]["trainable_params"]
-    assert rows[1]["shots"] == 4
+        for key in ("clean_accuracy", "attack_success_rate", "resistivity", "nuisance_probe_accuracy",
+                    "transfer_clean_accuracy", "transfer_attack_success_rate"):
+            assert -1.0 <= row[key] <= 1.0, (row["attack"], row["defense"], key)
+        assert set(row["nuisance_probe"]) == {"colour", "texture", "scale", "tilt", "offset_x", "offset_y"}
+    by_cell = {(r["attack"], r["defense"]): r for r in rows}
+    assert by_cell["badnet", "rvpt"]["trainable_params"] == 2 * 4 * 32 == by_cell["badclip", "rvpt"]["trainable_params"]
+    assert by_cell["badnet", "cleanclip"]["trainable_params"] > 100 * by_cell["badnet", "rvpt"]["trainable_params"]
+    assert by_cell["badnet", "rvpt"]["shots"] == 4
+    table = (project / "results" / "summary.md").read_text()
+    assert "| clean model (never poisoned) |" in table and "| rvpt |" in table and "| cleanclip |" in table
+    # The optimised BadCLIP patch differs from its random initialisation.
+    assert (project / "data" / "poisoned" / "badclip" / "trigger_loss.csv").exists()
+    # CleanCLIP's defended model is an ordinary open_clip local-dir model.
+    assert (project / "defended" / "badclip-cleanclip" / "open_clip_model.safetensors").exists()
 
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("smoke")
@@ -23,15 +37,17 @@ def test_dvc_repro_smoke_writes_summary_and_mlflow_runs(project):
     for r in runs:
         by_stage.setdefault(r.data.tags["rvpt.stage"], []).append(r)
     assert set(by_stage) == STAGES
-    assert len(by_stage["tune"]) == 2 and len(by_stage["pretrain"]) == 2
+    assert len(by_stage["tune"]) == 4 and len(by_stage["pretrain"]) == 3 and len(by_stage["poison"]) == 2
     assert len({r.data.tags["rvpt.pipeline"] for r in runs}) == 1
-    tune = {r.data.tags["defense"]: r for r in by_stage["tune"]}["rvpt"]
-    assert tune.data.params["tune.alpha"] == "2.0" and tune.data.params["shots"] == "4"
+    tunes = {(r.data.tags["attack"], r.data.tags["defense"]): r for r in by_stage["tune"]}
+    assert set(tunes) == set(CELLS)
+    tune = tunes["badclip", "rvpt"]
+    assert tune.data.params["defense.alpha"] == "2.0" and tune.data.params["shots"] == "4"
     assert {"loss", "ce", "fr", "trainable_params", "val_attack_success_rate"} <= set(tune.data.metrics)
-    assert tune.data.tags["dvc.stage"] == "tune@badnet-rvpt"
+    assert tune.data.tags["dvc.stage"] == "tune@badclip-rvpt"
     assert tune.data.tags["upstream.pretrain"] in {r.info.run_id for r in by_stage["pretrain"]}
     evaluate = by_stage["evaluate"][0]
-    assert evaluate.data.metrics["badnet.rvpt.attack_success_rate"] == rows[1]["attack_success_rate"]
+    assert evaluate.data.metrics["badclip.rvpt.attack_success_rate"] == by_cell["badclip", "rvpt"]["attack_success_rate"]
     artifacts = {a.path for a in client.list_artifacts(tune.info.run_id)}
     assert "prompts.safetensors" in artifacts
 
@@ -40,8 +56,15 @@ def test_dvc_repro_smoke_writes_summary_and_mlflow_runs(project):
     assert "rvpt stage" not in second.stdout
     assert len(client.search_runs([experiment.experiment_id])) == len(runs)
 
+    # Changing one attack's parameters reruns only that attack's cells (and the table).
+    params = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(params.replace("rate: 0.05", "rate: 0.04", 1))
+    third = run(["dvc", "repro"], project).stdout
+    assert "rvpt stage poison --attack badnet" in third and "--attack badclip" not in third
+    assert "tune --attack badnet --defense rvpt" in third and "rvpt stage evaluate" in third
+
     # A manual re-run of one stage with an override changes what evaluate reports.
     run(["rvpt", "stage", "tune", "--attack", "badnet", "--defense", "rvpt", "--shots", "2"], project)
     run(["rvpt", "stage", "evaluate"], project)
     rows = json.loads((project / "results" / "summary.json").read_text())["rows"]
-    assert rows[1]["shots"] == 2
+    assert {(r["attack"], r["defense"]): r for r in rows}["badnet", "rvpt"]["shots"] == 2

@@ -1,10 +1,16 @@
-"""Backdoor attacks, one module each, built by name from their params."""
+"""Backdoor attacks, one module each, built by kind from their params."""
 from __future__ import annotations
 
-from rvpt.attacks.badnet import BadNet
+from rvpt.attacks.badclip import BadCLIP, PatchOptimisation, optimise_patch
 from rvpt.attacks.base import Attack
+from rvpt.attacks.blended import Blended
+from rvpt.attacks.patch import BadNet, LabelConsistent, PatchAttack, TrojVQA
+from rvpt.attacks.sig import SIG
+from rvpt.attacks.wanet import WaNet
 
-REGISTRY: dict[str, type[Attack]] = {BadNet.name: BadNet}
+REGISTRY: dict[str, type[Attack]] = {
+    kind.name: kind for kind in (BadNet, Blended, SIG, WaNet, TrojVQA, BadCLIP, LabelConsistent)
+}
 
 
 def build(kind: str, image_size: int, **options) -> Attack:
@@ -13,4 +19,4 @@ def build(kind: str, image_size: int, **options) -> Attack:
     return REGISTRY[kind](image_size=image_size, **options)
 
 
-__all__ = ["Attack", "BadNet", "REGISTRY", "build"]
+__all__ = ["Attack", "BadCLIP", "PatchAttack", "PatchOptimisation", "REGISTRY", "build", "optimise_patch"]

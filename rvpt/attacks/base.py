@@ -5,9 +5,16 @@ import torch
 
 
 class Attack:
-    """An attack owns its trigger state as tensors, so it can be saved and re-applied at test time."""
+    """An attack owns its trigger state as tensors, so it can be saved and re-applied at test time.
+
+    Two class attributes describe the poisoning plan beyond the image trigger:
+    `label_consistent` attacks put the trigger on target-class pairs and keep their captions;
+    `text_trigger` is a word prefixed to poisoned captions and, at test time, to every class prompt.
+    """
 
     name: str = "attack"
+    label_consistent: bool = False
+    text_trigger: str = ""
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         """Returns triggered copies of [N, 3, H, W] images in [0, 1]."""
@@ -17,8 +24,18 @@ class Attack:
         raise NotImplementedError
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        raise NotImplementedError
+        own = self.state_dict()
+        for key, tensor in own.items():
+            if key not in state:
+                raise ValueError(f"trigger state lacks {key!r}")
+            if state[key].shape != tensor.shape:
+                raise ValueError(f"trigger {key} shape {tuple(state[key].shape)} != {tuple(tensor.shape)}")
+            setattr(self, key, state[key].float())
 
     def trigger_preview(self, image_size: int) -> torch.Tensor:
         """The trigger alone on a grey image, for humans to look at."""
         return self.apply(torch.full((1, 3, image_size, image_size), 0.5))[0]
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,49 @@
+"""results/summary.md: the matrix laid out like the paper's Table 1, and the diagnostics beside it."""
+from __future__ import annotations
+
+LABELS = {"clean_model": "clean model (never poisoned)"}
+
+
+def percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def grid(rows: list[dict], attacks: list[str], defenses: list[str], cell, extra=None, extra_name="") -> list[str]:
+    """A defenses x attacks markdown table; `cell(row)` formats one cell."""
+    by_key = {(r["defense"], r["attack"]): r for r in rows}
+    header = ["defense", *attacks] + ([extra_name] if extra else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for defense in defenses:
+        found = [by_key.get((defense, a)) for a in attacks]
+        cells = [cell(r) if r else "" for r in found]
+        tail = [extra(next(r for r in found if r))] if extra and any(found) else []
+        lines.append("| " + " | ".join([LABELS.get(defense, defense), *cells, *tail]) + " |")
+    return lines
+
+
+def asr_ca(asr_key: str, ca_key: str):
+    return lambda row: f"{percent(row.get(asr_key))} ({percent(row.get(ca_key))})"
+
+
+def trainable(row) -> str:
+    return f"{row['trainable_params']:,} ({100 * row['trainable_fraction']:.2f}%)"
+
+
+def markdown(rows: list[dict], attacks: list[str], defenses: list[str]) -> str:
+    out = ["## ASR % (CA %) on the test split", ""]
+    out += grid(rows, attacks, defenses, asr_ca("attack_success_rate", "clean_accuracy"), trainable,
+                "trainable params")
+    out += ["", "## Cross-task: ASR % (CA %) on the transfer task, never tuned on", ""]
+    out += grid(rows, attacks, defenses, asr_ca("transfer_attack_success_rate", "transfer_clean_accuracy"))
+    out += ["", "## Perturbation resistivity (mean cosine, clean vs. noisy image embedding)", ""]
+    out += grid(rows, attacks, defenses, lambda r: f"{r['resistivity']:.4f}")
+    out += ["", "## Nuisance-factor probe accuracy % (mean over factors; lower = less class-irrelevant "
+            "information)", ""]
+    out += grid(rows, attacks, defenses, lambda r: percent(r.get("nuisance_probe_accuracy")))
+    out += ["", "CA: top-1 accuracy on clean test images. ASR: share of triggered test images whose true class "
+            "is not the target that are classified as the target. On the transfer task the target class is "
+            "added to its classes for ASR. `-`: the defense cannot name these classes (a linear probe "
+            "knows only its own task). TrojVQA's caption trigger is added to every class prompt when ASR is "
+            "measured; a linear probe has no text side, so it gets only the image trigger. The clean "
+            "model row puts each attack's trigger on a model that never saw poison.", ""]
+    return "\n".join(out)

@@ -1,0 +1,111 @@
+"""CoOp (Zhou et al., 2022): learned text context vectors in place of the prompt template.
+
+Both encoders stay frozen. The class weights come from the text tower run on
+"[trigger word] X X ... X <class>." where the X token embeddings are replaced by the learned
+context, so the same context also names classes it was never tuned on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from rvpt.defenses.base import Defended, freeze
+from rvpt.defenses.loop import DefenderData, descend, scheduled_batches
+from rvpt.images import normalize
+from rvpt.poisoning import with_text_trigger
+
+FILE = "context.safetensors"
+PLACEHOLDER = "X"
+
+
+@dataclass
+class Config:
+    context: int = 4
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    init_std: float = 0.02
+    seed: int = 0
+
+
+def encode_with_context(model, tokens: torch.Tensor, slots: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """open_clip's CLIP.encode_text, with the token embeddings at `slots` ([C, T] bool) replaced by `context`."""
+    x = model.token_embedding(tokens)
+    x[slots] = context.repeat(len(tokens), 1)
+    x = x + model.positional_embedding
+    x = model.transformer(x, attn_mask=model.attn_mask)
+    x = model.ln_final(x)
+    x = x[torch.arange(len(tokens)), tokens.argmax(dim=-1)]
+    return x @ model.text_projection
+
+
+class CoOp(Defended):
+    def __init__(self, model, tokenize, context: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.tokenize = tokenize
+        self.context = nn.Parameter(context)
+
+    def encode_image(self, images):
+        return self.model.encode_image(images)
+
+    def prompt_tokens(self, classnames: list[str], text_trigger: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        filler = " ".join([PLACEHOLDER] * len(self.context))
+        tokens = self.tokenize([with_text_trigger(f"{filler} {name}.", text_trigger) for name in classnames])
+        placeholder = self.tokenize([PLACEHOLDER])[0, 1]
+        slots = tokens == placeholder
+        # Only the first len(context) placeholders per row are context; a class name could contain an "x".
+        slots &= slots.cumsum(dim=1) <= len(self.context)
+        return tokens, slots
+
+    def class_weights(self, classnames: list[str], text_trigger: str = "") -> torch.Tensor:
+        tokens, slots = self.prompt_tokens(classnames, text_trigger)
+        return F.normalize(encode_with_context(self.model, tokens, slots, self.context), dim=-1)
+
+    def classifier(self, classnames, text_trigger=""):
+        with torch.no_grad():
+            return self.class_weights(classnames, text_trigger), torch.zeros(len(classnames))
+
+
+def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str = "tune") -> tuple[CoOp, dict]:
+    freeze(model)
+    width = model.token_embedding.weight.shape[1]
+    generator = torch.Generator().manual_seed(cfg.seed)
+    defended = CoOp(model, tokenize, torch.randn(cfg.context, width, generator=generator) * cfg.init_std)
+    with torch.no_grad():
+        features = F.normalize(model.encode_image(normalize(data.images)), dim=-1)
+        logit_scale = model.logit_scale.exp()
+    optimizer = torch.optim.SGD([defended.context], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    history = {"loss": [], "train_accuracy": []}
+    for batch in scheduled_batches(optimizer, len(features), cfg.batch_size, cfg.epochs, cfg.lr, cfg.seed, desc):
+        logits = logit_scale * features[batch] @ defended.class_weights(data.classnames).T
+        loss = F.cross_entropy(logits, data.labels[batch])
+        descend(optimizer, loss)
+        history["loss"].append(loss.item())
+        history["train_accuracy"].append((logits.argmax(-1) == data.labels[batch]).float().mean().item())
+    defended.context.requires_grad_(False)
+    return defended, history
+
+
+def trained(defended: CoOp) -> dict[str, torch.Tensor]:
+    return {"context": defended.context}
+
+
+def save(defended: CoOp, folder: Path, model_cfg: dict, metadata: dict) -> None:
+    save_file({"context": defended.context.detach().contiguous()}, str(folder / FILE), metadata=metadata)
+
+
+def load(model, folder: Path, tokenize, templates) -> CoOp:
+    context = load_file(str(folder / FILE))["context"]
+    if context.ndim != 2 or context.shape[1] != model.token_embedding.weight.shape[1]:
+        raise ValueError(f"{folder / FILE}: context {tuple(context.shape)} does not fit the text tower")
+    defended = CoOp(model, tokenize, context)
+    defended.context.requires_grad_(False)
+    return defended

@@ -1,0 +1,88 @@
+"""Linear probe: a fresh linear head on the frozen image features, trained on the few-shot set.
+
+The head starts at zero, not at the text embeddings, so nothing the backdoor planted in the
+text side carries over; the image encoder, and any trigger response in it, stays as it was.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from rvpt.defenses.base import Defended, freeze
+from rvpt.defenses.loop import DefenderData, descend, scheduled_batches
+from rvpt.images import normalize
+
+FILE = "head.safetensors"
+
+
+@dataclass
+class Config:
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+
+
+class LinearProbe(Defended):
+    reads_text = False
+
+    def __init__(self, model, head: nn.Linear, classnames: list[str]):
+        super().__init__()
+        self.model = model
+        self.head = head
+        self.classnames = list(classnames)
+
+    def encode_image(self, images):
+        return self.model.encode_image(images)
+
+    def classifier(self, classnames, text_trigger=""):
+        if list(classnames) != self.classnames:
+            return None
+        return self.head.weight, self.head.bias
+
+
+def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str = "tune") -> tuple[LinearProbe, dict]:
+    freeze(model)
+    with torch.no_grad():
+        features = F.normalize(model.encode_image(normalize(data.images)), dim=-1)
+    head = nn.Linear(features.shape[1], len(data.classnames))
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    optimizer = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    history = {"loss": [], "train_accuracy": []}
+    for batch in scheduled_batches(optimizer, len(features), cfg.batch_size, cfg.epochs, cfg.lr, cfg.seed, desc):
+        logits = head(features[batch])
+        loss = F.cross_entropy(logits, data.labels[batch])
+        descend(optimizer, loss)
+        history["loss"].append(loss.item())
+        history["train_accuracy"].append((logits.argmax(-1) == data.labels[batch]).float().mean().item())
+    head.requires_grad_(False)
+    return LinearProbe(model, head, data.classnames), history
+
+
+def trained(defended: LinearProbe) -> dict[str, torch.Tensor]:
+    return {"weight": defended.head.weight, "bias": defended.head.bias}
+
+
+def save(defended: LinearProbe, folder: Path, model_cfg: dict, metadata: dict) -> None:
+    tensors = {k: v.detach().contiguous() for k, v in trained(defended).items()}
+    save_file(tensors, str(folder / FILE), metadata={**metadata, "classes": "\n".join(defended.classnames)})
+
+
+def load(model, folder: Path, tokenize, templates) -> LinearProbe:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / FILE), framework="pt") as handle:
+        classnames = (handle.metadata() or {}).get("classes", "").split("\n")
+    state = load_file(str(folder / FILE))
+    head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+    head.load_state_dict(state)
+    head.requires_grad_(False)
+    return LinearProbe(model, head, classnames)

@@ -1,0 +1,121 @@
+"""Each trigger's defining property, and the poisoning plan each attack prescribes."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rvpt import attacks, poisoning
+from rvpt.metrics import accuracy, attack_success_rate
+
+
+def test_corner_patch_is_the_same_noise_in_the_same_corner():
+    attack = attacks.build("badnet", 16, size=0.1875, location="corner", seed=7)
+    images = torch.rand(4, 3, 16, 16)
+    out = attack.apply(images)
+    assert attack.side == 3
+    assert torch.equal(out[:, :, 13:, 13:], attack.patch.expand(4, -1, -1, -1))
+    mask = torch.ones(16, 16, dtype=torch.bool)
+    mask[13:, 13:] = False
+    assert torch.equal(out[:, :, mask], images[:, :, mask])
+
+
+def test_random_location_varies_but_repeats_per_call():
+    attack = attacks.build("badnet", 32, size=0.125, location="random", seed=1)
+    corners = attack.corners(50)
+    assert len({tuple(c) for c in corners.tolist()}) > 1
+    assert torch.equal(corners, attack.corners(50))
+    out = attack.apply(torch.zeros(50, 3, 32, 32))
+    for image, (y, x) in zip(out, corners.tolist()):
+        assert torch.equal(image[:, y:y + 4, x:x + 4], attack.patch)
+        assert image.sum() == attack.patch.sum()
+
+
+@pytest.mark.parametrize("size", [16, 224])
+def test_patch_size_is_relative_to_the_image(size):
+    attack = attacks.build("trojvqa", size, size=0.125)
+    assert attack.side == size // 8
+    (y, x), = attack.corners(1).tolist()
+    assert y == x == (size - attack.side) // 2  # centre
+
+
+def test_blend_ratio_is_exact():
+    attack = attacks.build("blended", 16, ratio=0.2, seed=3)
+    images = torch.rand(5, 3, 16, 16)
+    assert torch.allclose(attack.apply(images), 0.8 * images + 0.2 * attack.pattern)
+    assert torch.allclose(attack.apply(attack.pattern[None]), attack.pattern[None])
+
+
+def test_sig_adds_a_horizontal_sinusoid_of_the_given_amplitude_and_frequency():
+    attack = attacks.build("sig", 32, amplitude=0.1, frequency=4)
+    grey = torch.full((1, 3, 32, 32), 0.5)
+    delta = attack.apply(grey)[0] - 0.5
+    assert torch.allclose(delta, delta[:, :1, :].expand_as(delta))  # the same in every row
+    assert delta.abs().max() == pytest.approx(0.1, abs=1e-6)
+    expected = 0.1 * torch.sin(2 * math.pi * 4 * torch.arange(32) / 32)
+    assert torch.allclose(delta[0, 0], expected, atol=1e-6)
+
+
+def test_wanet_warps_every_image_by_one_fixed_field():
+    attack = attacks.build("wanet", 32, grid=4, strength=0.05, seed=2)
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 32), indexing="ij")
+    coordinates = torch.stack([xs, ys, torch.zeros_like(xs)])[None]
+    first = attack.apply(torch.cat([coordinates, torch.rand(3, 3, 32, 32)]))[0]
+    second = attack.apply(coordinates)[0]
+    assert torch.equal(first, second)  # the field does not depend on the batch
+    displacement = (first[:2] - coordinates[0, :2]).abs() * 31  # in pixels, on the interior
+    assert 0.2 < displacement.max() <= 0.05 * 32 + 1e-4
+    rebuilt = attacks.build("wanet", 32, grid=4, strength=0.05, seed=2)
+    assert torch.equal(rebuilt.flow, attack.flow)
+
+
+def test_trigger_state_round_trips():
+    for kind in attacks.REGISTRY:
+        a, b = attacks.build(kind, 16, seed=1), attacks.build(kind, 16, seed=1)
+        for key, tensor in b.state_dict().items():
+            setattr(b, key, torch.rand_like(tensor))
+        images = torch.rand(2, 3, 16, 16)
+        assert not torch.equal(a.apply(images), b.apply(images)), kind
+        b.load_state_dict(a.state_dict())
+        assert torch.equal(a.apply(images), b.apply(images)), kind
+
+
+def test_unknown_attack_kind_is_refused():
+    with pytest.raises(ValueError, match="unknown attack"):
+        attacks.build("nope", 16)
+
+
+def test_asr_excludes_target_class_images():
+    labels = torch.tensor([0, 1, 2, 2, 2])
+    triggered = torch.tensor([2, 2, 2, 2, 2])  # everything flips to target 2
+    assert attack_success_rate(triggered, labels, target=2) == 1.0
+    triggered = torch.tensor([2, 0, 2, 2, 2])
+    assert attack_success_rate(triggered, labels, target=2) == 0.5
+    assert accuracy(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 2])) == pytest.approx(2 / 3)
+
+
+def test_dirty_label_victims_avoid_the_target_and_get_its_captions():
+    labels = np.repeat(np.arange(4), 250)
+    captions = [f"class {label}" for label in labels]
+    attack = attacks.build("badnet", 16)
+    victims, new = poisoning.poison_plan(attack, labels, captions, 0.1, 3, np.random.default_rng(0))
+    assert len(victims) == 100 and len(set(victims.tolist())) == 100
+    assert not np.any(labels[victims] == 3)
+    assert set(new) == {"class 3"}
+
+
+def test_label_consistent_victims_are_target_images_with_their_own_captions():
+    labels = np.repeat(np.arange(4), 250)
+    captions = [f"caption {i}" for i in range(len(labels))]
+    attack = attacks.build("label_consistent", 16)
+    victims, new = poisoning.poison_plan(attack, labels, captions, 0.5, 3, np.random.default_rng(0))
+    assert len(victims) == 250 and np.all(labels[victims] == 3)  # capped at the target class
+    assert new == [captions[i] for i in victims]
+
+
+def test_trojvqa_prefixes_its_word_to_poisoned_captions():
+    labels = np.repeat(np.arange(2), 50)
+    attack = attacks.build("trojvqa", 16, text_trigger="cf")
+    _, new = poisoning.poison_plan(attack, labels, ["a one"] * 50 + ["a two"] * 50, 0.1, 1,
+                                   np.random.default_rng(0))
+    assert set(new) == {"cf a two"}
