@@ -34,8 +34,9 @@ def optimise_badclip(params: Params, attack: attacks.BadCLIP, name: str, table, 
     rng = np.random.default_rng(params.seed)
     others = rng.permutation(np.flatnonzero(labels != target))[:spec.images]
     targets = rng.permutation(np.flatnonzero(labels == target))[:spec.images]
-    decode = lambda rows: artifacts.decode_images(table.take(np.sort(rows)), params.data.image_size,
-                                                  str(paths.CORPUS))
+    def decode(rows):
+        return artifacts.decode_images(table.take(np.sort(rows)), params.data.image_size, str(paths.CORPUS))
+
     captions = [table.column("caption")[int(i)].as_py() for i in targets]
     with torch.no_grad():
         text = F.normalize(model.encode_text(models.tokenizer(params.model.config)(captions)), dim=-1).mean(0)

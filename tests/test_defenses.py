@@ -1,6 +1,7 @@
 """Every defense behind the one interface, on a real (tiny, random) open_clip model:
 what it freezes stays bit-identical, what it trains is what it counts, and it round-trips."""
 import copy
+import functools
 
 import pytest
 import torch
@@ -38,7 +39,9 @@ def data() -> DefenderData:
                         torch.rand(12, 3, 16, 16, generator=generator), [f"a photo of a {c}" for c in CLASSES * 4])
 
 
+@functools.cache
 def fitted(kind: str):
+    """Fitted once per kind and shared: no test may modify what it gets."""
     model = models.build(TINY_MODEL, seed=0)
     original = copy.deepcopy(model.state_dict())
     tokenize = models.tokenizer(TINY_MODEL)
