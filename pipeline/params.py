@@ -93,56 +93,45 @@ class NoDefense(Strict):
     kind: Literal["none"]
 
 
-class PromptDefense(Strict):
+class Training(Strict):
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+
+
+class SGDTraining(Training):
+    momentum: float = Field(ge=0, lt=1)
+
+
+class PromptDefense(SGDTraining):
     kind: Literal["prompt"]
     alpha: float = Field(ge=0)
     tokens: int = Field(ge=0)
     first_block: int = Field(ge=0)
-    epochs: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    lr: float = Field(gt=0)
-    momentum: float = Field(ge=0, lt=1)
-    weight_decay: float = Field(ge=0)
     init_std: float = Field(gt=0)
     margin: float = Field(ge=-1, le=1)
 
 
-class LinearProbeDefense(Strict):
+class LinearProbeDefense(SGDTraining):
     kind: Literal["linear_probe"]
-    epochs: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    lr: float = Field(gt=0)
-    momentum: float = Field(ge=0, lt=1)
-    weight_decay: float = Field(ge=0)
 
 
-class FinetuneDefense(Strict):
+class FinetuneDefense(Training):
     kind: Literal["finetune"]
-    epochs: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
 
 
-class CleanCLIPDefense(Strict):
+class CleanCLIPDefense(Training):
     kind: Literal["cleanclip"]
     pairs: Literal["pairs", "fewshot"]
     budget: int = Field(gt=1)
-    epochs: int = Field(gt=0)
     batch_size: int = Field(gt=1)
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
     ssl_weight: float = Field(ge=0)
 
 
-class CoOpDefense(Strict):
+class CoOpDefense(SGDTraining):
     kind: Literal["coop"]
     context: int = Field(gt=0)
-    epochs: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    lr: float = Field(gt=0)
-    momentum: float = Field(ge=0, lt=1)
-    weight_decay: float = Field(ge=0)
     init_std: float = Field(gt=0)
 
 

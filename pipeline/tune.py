@@ -54,7 +54,7 @@ def run(params: Params, attack_name: str, defense_name: str) -> str:
     tokenize = models.tokenizer(params.model.config)
 
     logged = {"seed": params.seed, "attack_name": attack_name, "defense_name": defense_name,
-              "shots": params.sample.shots, "defense": {"kind": spec.kind, **vars(config)}}
+              "shots": params.sample.shots, "defense": spec.model_dump()}
     tags = {"attack": attack_name, "defense": defense_name, "upstream.pretrain": pretrain_run,
             "upstream.sample": sample_run}
     with stage_run("tune", params.tracking.experiment, logged, tags) as log:

@@ -17,12 +17,14 @@ from open_clip.loss import ClipLoss
 
 from rvpt.defenses.augment import drop_and_swap_words, shift_and_jitter
 from rvpt.defenses.base import ZeroShot, freeze, load_whole_model, save_whole_model
-from rvpt.defenses.loop import DefenderData, descend, scheduled_batches
+from rvpt.defenses.loop import DefenderData, Schedule, descend, scheduled_batches
 from rvpt.images import normalize
 
 
 @dataclass
-class Config:
+class Config(Schedule):
+    """AdamW: `momentum` is unused."""
+
     pairs: str = "pairs"          # "pairs": the defender's clean image-text pairs; "fewshot": shots + templates
     budget: int = 2000
     epochs: int = 5
@@ -30,7 +32,6 @@ class Config:
     lr: float = 1e-4
     weight_decay: float = 0.1
     ssl_weight: float = 1.0
-    seed: int = 0
 
 
 def fewshot_pairs(data: DefenderData, templates: list[str], rng: np.random.Generator) -> list[str]:

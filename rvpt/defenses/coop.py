@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from rvpt.defenses.base import Defended, freeze
-from rvpt.defenses.loop import DefenderData, descend, scheduled_batches
+from rvpt.defenses.loop import DefenderData, Schedule, descend, scheduled_batches
 from rvpt.images import normalize
 from rvpt.poisoning import with_text_trigger
 
@@ -24,15 +24,9 @@ PLACEHOLDER = "X"
 
 
 @dataclass
-class Config:
+class Config(Schedule):
     context: int = 4
-    epochs: int = 50
-    batch_size: int = 32
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     init_std: float = 0.02
-    seed: int = 0
 
 
 def encode_with_context(model, tokens: torch.Tensor, slots: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

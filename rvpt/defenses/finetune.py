@@ -12,18 +12,18 @@ import torch
 import torch.nn.functional as F
 
 from rvpt.defenses.base import ZeroShot, freeze, load_whole_model, save_whole_model
-from rvpt.defenses.loop import DefenderData, descend, scheduled_batches
+from rvpt.defenses.loop import DefenderData, Schedule, descend, scheduled_batches
 from rvpt.images import normalize
 from rvpt.losses import zero_shot_logits
 
 
 @dataclass
-class Config:
+class Config(Schedule):
+    """AdamW: `momentum` is unused."""
+
     epochs: int = 20
-    batch_size: int = 32
     lr: float = 1e-4
     weight_decay: float = 0.1
-    seed: int = 0
 
 
 def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str = "tune") -> tuple[ZeroShot, dict]:

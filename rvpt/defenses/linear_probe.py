@@ -14,20 +14,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from rvpt.defenses.base import Defended, freeze
-from rvpt.defenses.loop import DefenderData, descend, scheduled_batches
+from rvpt.defenses.loop import DefenderData, Schedule, descend, scheduled_batches
 from rvpt.images import normalize
 
 FILE = "head.safetensors"
 
 
 @dataclass
-class Config:
+class Config(Schedule):
     epochs: int = 40
-    batch_size: int = 32
-    lr: float = 0.01
-    momentum: float = 0.9
     weight_decay: float = 0.0
-    seed: int = 0
 
 
 class LinearProbe(Defended):

@@ -11,6 +11,18 @@ from rvpt.schedule import warmup_cosine
 
 
 @dataclass
+class Schedule:
+    """The optimisation settings every defense's Config shares (momentum: SGD ones only)."""
+
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+
+@dataclass
 class DefenderData:
     """What the defender holds: few-shot labelled images ([N, 3, H, W] in [0, 1]) and, for
     CleanCLIP, clean image-text pairs."""

@@ -7,12 +7,12 @@ from pathlib import Path
 import torch
 
 from rvpt.defenses.base import ZeroShot, freeze
-from rvpt.defenses.loop import DefenderData
+from rvpt.defenses.loop import DefenderData, Schedule
 
 
 @dataclass
-class Config:
-    seed: int = 0
+class Config(Schedule):
+    """Nothing is trained; the settings are ignored."""
 
 
 def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str = "tune") -> tuple[ZeroShot, dict]:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from rvpt.defenses.base import freeze
-from rvpt.defenses.loop import DefenderData, descend, scheduled_batches
+from rvpt.defenses.loop import DefenderData, Schedule, descend, scheduled_batches
 from rvpt.defenses.prompted import Prompted
 from rvpt.images import normalize
 from rvpt.losses import feature_repelling, zero_shot_logits
@@ -22,18 +22,12 @@ FILE = "prompts.safetensors"
 
 
 @dataclass
-class Config:
+class Config(Schedule):
     tokens: int = 16
     first_block: int = 1
     alpha: float = 2.0
     margin: float = -1.0
-    epochs: int = 50
-    batch_size: int = 32
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     init_std: float = 0.02
-    seed: int = 0
 
 
 def fit(model, data: DefenderData, tokenize, templates: list[str], cfg: Config,
