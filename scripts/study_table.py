@@ -52,9 +52,10 @@ def main() -> None:
     for name in sorted(scores):
         p, m = params[name], scores[name]
         cfg = p["model"]["config"]
+        rvpt = p.get("tune") or p["defenses"]["rvpt"]  # prompt settings moved into the defense in the matrix
         cell = lambda d: f"{100 * m[f'badnet.{d}.clean_accuracy']:.1f} / {100 * m[f'badnet.{d}.attack_success_rate']:.1f}"
-        print(f"| {name or 'workspace (default)'} | {len(p['data']['classes'])} | {p['sample']['shots']} | {p['attacks']['badnet']['rate']} | {p['defenses']['rvpt']['alpha']} | {p['tune']['tokens']} "
-              f"| {p['tune']['first_block']} | {p['tune']['epochs']} | {cfg['vision_cfg']['width']}/{cfg['embed_dim']} "
+        print(f"| {name or 'workspace (default)'} | {len(p['data']['classes'])} | {p['sample']['shots']} | {p['attacks']['badnet']['rate']} | {p['defenses']['rvpt']['alpha']} | {rvpt['tokens']} "
+              f"| {rvpt['first_block']} | {rvpt['epochs']} | {cfg['vision_cfg']['width']}/{cfg['embed_dim']} "
               f"| {100 * m['val.val_clean_accuracy']:.1f} / {100 * m['val.val_attack_success_rate']:.1f} | {cell('none')} | {cell('rvpt')} | {cell('vpt')} |")
 
 
