@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from pipeline import artifacts, paths
 from pipeline.params import Params
 from pipeline.poison import build_attack
-from rvpt import diagnostics, metrics, models
+from rvpt import diagnostics as diagnostics_lib
+from rvpt import metrics, models
 from rvpt.attacks import Attack
 from rvpt.defenses import Defended, ZeroShot
 from rvpt.errors import BadInput
@@ -72,7 +73,11 @@ class Scorer:
         self.attacks: dict[str, Attack] = {}
         self.triggered: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         if diagnostics:
-            self.probe_images, _, self.probe_factors = load_split(params, "val")
+            # Everything that does not depend on the model is prepared once, not per scored model.
+            self.perturbed = diagnostics_lib.perturb(self.images, params.evaluate.perturbation, params.seed)
+            self.probe_images, _, probe_factors = load_split(params, "val")
+            self.probe_targets = {name: factor_codes(probe_factors[name], self.factors[name])
+                                  for name in FACTORS if name in self.factors and name in probe_factors}
             self.transfer = load_split(params, "transfer_test") if params.data.transfer_classes else None
 
     def features(self, defended: Defended, images: torch.Tensor) -> torch.Tensor:
@@ -121,15 +126,12 @@ class Scorer:
         return rows or [shared]
 
     def diagnose(self, defended: Defended, clean: torch.Tensor) -> dict:
-        settings = self.params.evaluate
-        perturbed = self.features(defended, diagnostics.perturb(self.images, settings.perturbation, self.params.seed))
+        perturbed = self.features(defended, self.perturbed)
         probe_features = self.features(defended, self.probe_images)
-        probes = {}
-        for name in FACTORS:
-            if name in self.factors and name in self.probe_factors:
-                train, test = factor_codes(self.probe_factors[name], self.factors[name])
-                probes[name] = diagnostics.probe_accuracy(probe_features, train, clean, test, settings.probe_steps)
-        out = {"resistivity": diagnostics.resistivity(clean, perturbed),
+        probes = {name: diagnostics_lib.probe_accuracy(probe_features, train, clean, test,
+                                                       self.params.evaluate.probe_steps)
+                  for name, (train, test) in self.probe_targets.items()}
+        out = {"resistivity": diagnostics_lib.resistivity(clean, perturbed),
                "nuisance_probe_accuracy": float(np.mean(list(probes.values()))) if probes else None,
                "nuisance_probe": probes}
         if self.transfer is not None:

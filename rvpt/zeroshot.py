@@ -29,7 +29,3 @@ def image_features(encode: Callable, images: torch.Tensor, batch_size: int = 512
     for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=None, leave=False):
         out.append(F.normalize(encode(normalize(images[start:start + batch_size])), dim=-1))
     return torch.cat(out)
-
-
-def predict(features: torch.Tensor, class_embeds: torch.Tensor) -> torch.Tensor:
-    return (features @ class_embeds.T).argmax(dim=-1)

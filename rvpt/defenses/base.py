@@ -11,18 +11,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from rvpt import models
-
 from rvpt.poisoning import with_text_trigger
 from rvpt.zeroshot import class_embeddings
 
 
 class Defended(nn.Module):
+    """Subclasses hold the CLIP they score as `self.model`."""
+
     #: False when the classifier has no text side, so a caption trigger cannot reach it.
     reads_text: bool = True
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Features of normalised images [N, 3, H, W]."""
-        raise NotImplementedError
+        """Features of normalised images [N, 3, H, W]; the model's own unless the defense changes it."""
+        return self.model.encode_image(images)
 
     def classifier(self, classnames: list[str], text_trigger: str = "") -> tuple[torch.Tensor, torch.Tensor] | None:
         """(weights [C, D], bias [C]) for these classes, or None if this defense cannot name them."""
@@ -43,9 +44,6 @@ class ZeroShot(Defended):
         self.templates = list(templates)
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(images)
-
     def classifier(self, classnames, text_trigger=""):
         key = (tuple(classnames), text_trigger)
         if key not in self._cache:
@@ -53,10 +51,6 @@ class ZeroShot(Defended):
             weights = class_embeddings(self.model, self.tokenize, classnames, templates)
             self._cache[key] = (weights, torch.zeros(len(classnames)))
         return self._cache[key]
-
-
-def trainable_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def freeze(model) -> None:

@@ -16,8 +16,8 @@ from torch import nn
 
 from rvpt.defenses.base import Defended, freeze
 from rvpt.defenses.loop import DefenderData, Schedule, descend, scheduled_batches
-from rvpt.images import normalize
 from rvpt.poisoning import with_text_trigger
+from rvpt.zeroshot import image_features
 
 FILE = "context.safetensors"
 PLACEHOLDER = "X"
@@ -47,9 +47,6 @@ class CoOp(Defended):
         self.tokenize = tokenize
         self.context = nn.Parameter(context)
 
-    def encode_image(self, images):
-        return self.model.encode_image(images)
-
     def prompt_tokens(self, classnames: list[str], text_trigger: str = "") -> tuple[torch.Tensor, torch.Tensor]:
         filler = " ".join([PLACEHOLDER] * len(self.context))
         tokens = self.tokenize([with_text_trigger(f"{filler} {name}.", text_trigger) for name in classnames])
@@ -73,9 +70,8 @@ def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str =
     width = model.token_embedding.weight.shape[1]
     generator = torch.Generator().manual_seed(cfg.seed)
     defended = CoOp(model, tokenize, torch.randn(cfg.context, width, generator=generator) * cfg.init_std)
-    with torch.no_grad():
-        features = F.normalize(model.encode_image(normalize(data.images)), dim=-1)
-        logit_scale = model.logit_scale.exp()
+    features = image_features(model.encode_image, data.images)
+    logit_scale = model.logit_scale.exp().detach()
     optimizer = torch.optim.SGD([defended.context], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     history = {"loss": [], "train_accuracy": []}
     for batch in scheduled_batches(optimizer, len(features), cfg.batch_size, cfg.epochs, cfg.lr, cfg.seed, desc):

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from rvpt.defenses.base import Defended, freeze
 from rvpt.defenses.loop import DefenderData, Schedule, descend, scheduled_batches
-from rvpt.images import normalize
+from rvpt.zeroshot import image_features
 
 FILE = "head.safetensors"
 
@@ -35,9 +36,6 @@ class LinearProbe(Defended):
         self.head = head
         self.classnames = list(classnames)
 
-    def encode_image(self, images):
-        return self.model.encode_image(images)
-
     def classifier(self, classnames, text_trigger=""):
         if list(classnames) != self.classnames:
             return None
@@ -46,8 +44,7 @@ class LinearProbe(Defended):
 
 def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str = "tune") -> tuple[LinearProbe, dict]:
     freeze(model)
-    with torch.no_grad():
-        features = F.normalize(model.encode_image(normalize(data.images)), dim=-1)
+    features = image_features(model.encode_image, data.images)
     head = nn.Linear(features.shape[1], len(data.classnames))
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
@@ -73,11 +70,9 @@ def save(defended: LinearProbe, folder: Path, model_cfg: dict, metadata: dict) -
 
 
 def load(model, folder: Path, tokenize, templates) -> LinearProbe:
-    from safetensors import safe_open
-
     with safe_open(str(folder / FILE), framework="pt") as handle:
         classnames = (handle.metadata() or {}).get("classes", "").split("\n")
-    state = load_file(str(folder / FILE))
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
     head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
     head.load_state_dict(state)
     head.requires_grad_(False)
