@@ -6,8 +6,10 @@ import csv
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +17,16 @@ import pyarrow.parquet as pq
 import torch
 
 from rvpt.errors import BadInput
-from rvpt.images import decode, to_unit_tensor
+from rvpt.images import decode_many, to_unit_tensor
+
+if TYPE_CHECKING:
+    from pipeline.params import Data
+
+
+def warn(message: str) -> None:
+    """A line on stderr for something the user should know but that does not stop the stage."""
+    print(f"rvpt: warning: {message}", file=sys.stderr, flush=True)
+
 
 SCHEMA = pa.schema([
     ("image", pa.binary()),
@@ -41,6 +52,8 @@ def atomic_dir(path: str | Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*"):  # left by a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield temporary
@@ -52,12 +65,17 @@ def atomic_dir(path: str | Path):
             shutil.rmtree(temporary)
 
 
-def write_json(path: str | Path, payload) -> None:
+def write_text(path: str | Path, text: str) -> None:
+    """Writes a temporary sibling, then renames it: readers see the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    temporary.write_text(text)
     os.replace(temporary, path)
+
+
+def write_json(path: str | Path, payload) -> None:
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str | Path, made_by: str):
@@ -106,11 +124,18 @@ def read_table(path: str | Path, made_by: str) -> pa.Table:
     return table
 
 
-def decode_images(table: pa.Table, image_size: int, where: str) -> torch.Tensor:
-    """The table's images as a float tensor [N, 3, H, W] in [0, 1]."""
-    blobs = table.column("image").to_pylist()
-    pixels = np.stack([decode(blob, image_size, f"{where} row {i}") for i, blob in enumerate(blobs)])
-    return to_unit_tensor(pixels)
+def decode_images(table: pa.Table, data: "Data", where: str) -> tuple[torch.Tensor, np.ndarray]:
+    """The table's readable images as a float tensor [M, 3, H, W] in [0, 1], and their row indices.
+
+    Unreadable images are skipped and counted on stderr, up to data.max_bad_fraction of the
+    table; past that the stage fails with exit code 2 (BadInput).
+    """
+    decoded = decode_many(table.column("image").to_pylist(), data.image_size, where,
+                          data.max_bad_fraction, data.max_image_pixels)
+    if decoded.skipped:
+        warn(f"{where}: skipped {len(decoded.skipped)} of {table.num_rows} unreadable images "
+             f"(first: {decoded.skipped[0]})")
+    return to_unit_tensor(decoded.pixels), decoded.kept
 
 
 def labels(table: pa.Table) -> np.ndarray:

@@ -28,8 +28,9 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def execute(name: str, params_path: Path, overrides: dict, work: Callable) -> None:
-    """Loads params (with overrides), fixes seeds and threads, and runs `work(params)`.
+def execute(name: str, params_path: Path, overrides: dict, work: Callable, label: str | None = None,
+            tracked: bool = True) -> None:
+    """Loads params (with overrides), checks the tracking server, fixes seeds and threads, and runs `work(params)`.
 
     `work` returns one summary or yields one per job (e.g. per tune cell); each is printed as
     soon as its job ends, with the seconds that job took.
@@ -37,15 +38,18 @@ def execute(name: str, params_path: Path, overrides: dict, work: Callable) -> No
     import torch
 
     from pipeline import params as params_module
+    from pipeline import tracking
 
     started = time.perf_counter()
     try:
         params = params_module.load(params_path, overrides)
+        if tracked:
+            tracking.check_reachable(params.tracking.timeout_s)
         torch.set_num_threads(params.threads)
         torch.manual_seed(params.seed)
         messages = work(params)
         for message in [messages] if isinstance(messages, str) else messages:
-            typer.echo(f"rvpt stage {name}: {message} ({time.perf_counter() - started:.1f} s)")
+            typer.echo(f"{label or f'rvpt stage {name}'}: {message} ({time.perf_counter() - started:.1f} s)")
             started = time.perf_counter()
     except BadInput as error:
         fail(str(error))
@@ -155,6 +159,31 @@ def evaluate(params: Path = PARAMS):
     from pipeline import evaluate as stage
 
     execute("evaluate", params, {}, stage.run)
+
+
+@app.command()
+def defend(model: str = typer.Option(..., help="Untrusted model: an open_clip local-dir folder, a weights file "
+                                               "(.safetensors, or weights-only .bin/.pt/.pth), an archive, or a URL."),
+           data: str = typer.Option(..., help="Few-shot images: root/<class>/*.jpg (or root/train + root/test), "
+                                              "an archive of it, or a URL."),
+           out: Path = typer.Option(..., help="Output folder: open_clip local-dir model + what the defense trained."),
+           config: Optional[str] = typer.Option(None, help="For a weights file: open_clip model name or config JSON."),
+           sha256: Optional[str] = typer.Option(None, help="Expected sha256 of --model (required for a URL)."),
+           data_sha256: Optional[str] = typer.Option(None, help="Expected sha256 of --data (required for a URL)."),
+           classnames: Optional[Path] = typer.Option(None, help="Class names, one per line, in sorted folder order "
+                                                                "(default: folder names, _ as space)."),
+           defense: Optional[str] = typer.Option(None, help="Defense name from params.yaml (default: defend.defense)."),
+           cache: Path = typer.Option(Path.home() / ".cache" / "rvpt", help="Where downloads and extracted archives go."),
+           params: Path = PARAMS):
+    """Defend a model you were handed: tune RVPT on your few-shot images, report CA before and after.
+
+    Runs outside the DVC pipeline and logs nothing to MLflow. Nothing in the model is unpickled.
+    """
+    from pipeline import defend as command
+
+    execute("defend", params, {"defend.defense": ("--defense", defense)},
+            lambda p: command.run(p, model, data, out, config, sha256, data_sha256, classnames, cache),
+            label="rvpt defend", tracked=False)
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ def defended_rows(params: Params, scorer: Scorer, attack_name: str, upstream: di
                            f"(rerun `{made_by}`)")
         try:
             defended = KINDS[kind].load(model, folder, tokenize, params.model.templates)
-        except (ValueError, OSError) as error:
+        except (ValueError, KeyError, RuntimeError) as error:  # BadInput passes through as it is
             raise BadInput(f"{folder}: {error}") from None
         [metrics] = scorer.rows(defended, [attack_name])
         rows.append({"attack": attack_name, "defense": defense_name, "kind": kind, "shots": tuned["shots"],
@@ -64,7 +64,8 @@ def run(params: Params) -> str:
         artifacts.write_json(paths.METRICS, {
             a: {r["defense"]: {k: r[k] for k in HEADLINE if r.get(k) is not None} for r in rows if r["attack"] == a}
             for a in params.run.attacks})
-        (paths.RESULTS / "summary.md").write_text(markdown(rows, params.run.attacks, [CLEAN_ROW, *params.run.defenses]))
+        artifacts.write_text(paths.RESULTS / "summary.md",
+                             markdown(rows, params.run.attacks, [CLEAN_ROW, *params.run.defenses]))
         for row in rows:
             for key in HEADLINE:
                 if row.get(key) is not None:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from pipeline import artifacts, paths
 from pipeline.params import Params
 from pipeline.poison import build_attack
 from rvpt import diagnostics as diagnostics_lib
 from rvpt import metrics, models
+from rvpt.checkpoint import read_safetensors
 from rvpt.attacks import Attack
 from rvpt.defenses import Defended, ZeroShot
 from rvpt.errors import BadInput
@@ -25,7 +25,8 @@ def load_split(params: Params, split: str) -> tuple[torch.Tensor, torch.Tensor, 
     """Images, labels, and each nuisance factor's values."""
     path = paths.DOWNSTREAM / f"{split}.parquet"
     table = artifacts.read_table(path, "rvpt stage download")
-    images = artifacts.decode_images(table, params.data.image_size, str(path))
+    images, kept = artifacts.decode_images(table, params.data, str(path))
+    table = table.take(kept)
     factors = {name: table.column(f"factor_{name}").to_pylist() for name in FACTORS
                if f"factor_{name}" in table.column_names}
     return images, torch.from_numpy(artifacts.labels(table)), factors
@@ -37,8 +38,8 @@ def load_attack(params: Params, attack_name: str) -> Attack:
     state_path = artifacts.require(paths.poisoned(attack_name) / "trigger.safetensors",
                                    f"rvpt stage poison --attack {attack_name}")
     try:
-        attack.load_state_dict(load_file(str(state_path)))
-    except (ValueError, OSError) as error:
+        attack.load_state_dict(read_safetensors(state_path)[0])
+    except (ValueError, KeyError, RuntimeError) as error:
         raise BadInput(f"{state_path}: {error}") from None
     return attack
 

@@ -31,6 +31,8 @@ class Data(Strict):
     defender_pairs: int = Field(ge=0)
     shard_rows: int = Field(gt=0)
     max_offset: int = Field(ge=0)
+    max_bad_fraction: float = Field(ge=0, le=1)
+    max_image_pixels: int = Field(gt=0)
 
     @model_validator(mode="after")
     def _disjoint_tasks(self):
@@ -62,6 +64,7 @@ class ClipTraining(Strict):
 
 class Pretrain(Strict):
     init: Literal["clean", "scratch"]
+    checkpoint_every: int = Field(ge=0)
     clean: ClipTraining
     poisoned: ClipTraining
 
@@ -156,6 +159,14 @@ class Run(Strict):
 
 class Tracking(Strict):
     experiment: str = Field(min_length=1)
+    timeout_s: float = Field(gt=0, le=600)
+
+
+class Defend(Strict):
+    defense: str
+    holdout: float = Field(gt=0, lt=1)
+    templates: list[str] = Field(min_length=1)
+    download_timeout_s: float = Field(gt=0)
 
 
 class Params(Strict):
@@ -170,6 +181,7 @@ class Params(Strict):
     evaluate: Evaluate
     run: Run
     tracking: Tracking
+    defend: Defend
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -186,6 +198,11 @@ class Params(Strict):
         for name in self.run.defenses:
             if name not in self.defenses:
                 raise ValueError(f"run.defenses: {name!r} is not defined under defenses")
+        if self.defend.defense not in self.defenses:
+            raise ValueError(f"defend.defense: {self.defend.defense!r} is not defined under defenses")
+        for template in self.defend.templates:
+            if "{}" not in template:
+                raise ValueError(f"defend.templates: {template!r} has no '{{}}' for the class name")
         depth = self.model.config.get("vision_cfg", {}).get("layers", 0)
         for name, defense in self.defenses.items():
             if defense.kind == "prompt" and defense.first_block >= depth:

@@ -10,6 +10,7 @@ CLEAN_MODEL = Path("models/clean")
 RESULTS = Path("results")
 SUMMARY = RESULTS / "summary.json"
 METRICS = RESULTS / "metrics.json"
+CHECKPOINTS = Path(".rvpt/checkpoints")  # training state for resuming; not an output, so DVC never removes it
 
 
 def poisoned(attack: str) -> Path:

@@ -35,7 +35,7 @@ def optimise_badclip(params: Params, attack: attacks.BadCLIP, name: str, table, 
     others = rng.permutation(np.flatnonzero(labels != target))[:spec.images]
     targets = rng.permutation(np.flatnonzero(labels == target))[:spec.images]
     def decode(rows):
-        return artifacts.decode_images(table.take(np.sort(rows)), params.data.image_size, str(paths.CORPUS))
+        return artifacts.decode_images(table.take(np.sort(rows)), params.data, str(paths.CORPUS))[0]
 
     captions = [table.column("caption")[int(i)].as_py() for i in targets]
     with torch.no_grad():
@@ -59,7 +59,8 @@ def run(params: Params, attack_name: str) -> str:
         victims, new_captions = poisoning.poison_plan(attack, labels, columns["caption"], spec.rate, target, rng)
     except ValueError as error:
         raise BadInput(f"attacks.{attack_name}: {error}") from None
-    images = artifacts.decode_images(table.take(victims), params.data.image_size, str(paths.CORPUS))
+    images, kept = artifacts.decode_images(table.take(victims), params.data, str(paths.CORPUS))
+    victims, new_captions = victims[kept], [new_captions[i] for i in kept]
     triggered = attack.apply(images)
     for row, image, caption in zip(victims.tolist(), triggered, new_captions):
         columns["image"][row] = encode_png(to_uint8_image(image))

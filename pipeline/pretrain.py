@@ -6,12 +6,26 @@ trains from scratch on it when pretrain.init is `scratch`.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+
 from pipeline import artifacts, paths
 from pipeline.evaluation import Scorer, zero_shot
 from pipeline.params import Params
 from pipeline.tracking import stage_run
 from rvpt import models
+from rvpt.resume import Checkpointing
 from rvpt.train import ClipTrainConfig, train_clip
+
+
+def fingerprint(params: Params, schedule, inputs: list) -> str:
+    """Everything that determines this run bit for bit: settings, threads, and the bytes of its data and start weights."""
+    digest = hashlib.sha256(json.dumps([params.seed, params.threads, params.model.config, schedule.model_dump()],
+                                       sort_keys=True).encode())
+    for path in sorted(p for folder in inputs for p in ([folder] if folder.is_file() else folder.rglob("*"))
+                       if p.is_file()):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def run(params: Params, attack_name: str | None) -> str:
@@ -29,15 +43,20 @@ def run(params: Params, attack_name: str | None) -> str:
         artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean")
         model, _ = models.load(paths.CLEAN_MODEL)
         start = str(paths.CLEAN_MODEL)
-    images = artifacts.decode_images(table, params.data.image_size, str(source))
+    images, kept = artifacts.decode_images(table, params.data, str(source))
+    table = table.take(kept)
     tokens = models.tokenizer(params.model.config)(table.column("caption").to_pylist())
 
     logged = {"seed": params.seed, "start": start, "schedule": schedule.model_dump(),
               "model": params.model.config, "attack_name": attack_name or "none"}
     tags = {"attack": attack_name or "none", "defense": "none"}
+    inputs = [source] if start == "scratch" else [source, paths.CLEAN_MODEL / models.WEIGHTS_NAME]
+    checkpointing = Checkpointing(paths.CHECKPOINTS / f"pretrain-{attack_name or 'clean'}.pt",
+                                  params.pretrain.checkpoint_every, fingerprint(params, schedule, inputs))
     with stage_run("pretrain", params.tracking.experiment, logged, tags) as log:
         config = ClipTrainConfig(seed=params.seed, **schedule.model_dump())
-        losses = train_clip(model, images, tokens, config, desc=f"pretrain {attack_name or 'clean'}")
+        losses, resumed = train_clip(model, images, tokens, config, desc=f"pretrain {attack_name or 'clean'}",
+                                     checkpointing=checkpointing)
         report = Scorer(params, "val").report(zero_shot(params, model), attack_name)
         report = {k: v for k, v in report.items() if k in ("clean_accuracy", "attack_success_rate")}
         with artifacts.atomic_dir(destination) as out:
@@ -49,5 +68,8 @@ def run(params: Params, attack_name: str | None) -> str:
         log.series("loss", losses, every=max(1, len(losses) // 500))
         for key, value in report.items():
             log.metric(f"val_{key}", value)
+        log.metric("resumed_from_step", resumed)
+    checkpointing.clear()
     scores = ", ".join(f"val {k} {v:.3f}" for k, v in report.items())
-    return f"wrote {destination}: {scores}"
+    resumed_note = f" (resumed from step {resumed})" if resumed else ""
+    return f"wrote {destination}{resumed_note}: {scores}"

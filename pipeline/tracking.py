@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import mlflow
 from mlflow.entities import Metric
 
 from pipeline.params import PARAMS_FILE
+from rvpt.errors import BadInput
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 
@@ -42,6 +46,27 @@ def repo_root() -> Path:
 def tracking_uri() -> str:
     # Absolute, so that `dvc exp run --queue` (which runs in temporary copies) still logs here.
     return os.environ.get(ENV_URI) or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def check_reachable(timeout_s: float) -> None:
+    """Fails fast, before any work, when a tracking server does not answer within `timeout_s`.
+
+    MLflow's own client would retry for minutes; its later requests get the same bound.
+    """
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, math.ceil(timeout_s))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered; a proxy may simply not route /health
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise BadInput(f"MLflow tracking server {uri} did not answer within {timeout_s:g} s ({reason}); "
+                       f"start it, or unset {ENV_URI} to log to {repo_root() / 'mlflow.db'}") from None
 
 
 def git_commit() -> str:

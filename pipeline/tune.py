@@ -29,8 +29,8 @@ def load_fewshot(params: Params) -> tuple[torch.Tensor, torch.Tensor]:
         rows = take_shots(table.column("shot_rank").to_numpy(), params.sample.shots)
     except ValueError as error:
         raise BadInput(f"--shots {params.sample.shots}: {error} (rerun `rvpt stage sample` with more)") from None
-    subset = table.take(rows)
-    images = artifacts.decode_images(subset, params.data.image_size, str(path))
+    images, kept = artifacts.decode_images(table.take(rows), params.data, str(path))
+    subset = table.take(rows[kept])
     return images, torch.from_numpy(artifacts.labels(subset))
 
 
@@ -39,8 +39,8 @@ def defender_data(params: Params, defense) -> DefenderData:
     data = DefenderData(images, labels, params.data.classes)
     if defense.kind == "cleanclip" and defense.pairs == "pairs":
         table = artifacts.read_table(PAIRS, "rvpt stage download").slice(0, defense.budget)
-        data.pair_images = artifacts.decode_images(table, params.data.image_size, str(PAIRS))
-        data.pair_captions = table.column("caption").to_pylist()
+        data.pair_images, kept = artifacts.decode_images(table, params.data, str(PAIRS))
+        data.pair_captions = table.take(kept).column("caption").to_pylist()
     return data
 
 

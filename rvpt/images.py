@@ -1,7 +1,13 @@
-"""Encoded image bytes <-> normalised float tensors."""
+"""Encoded image bytes <-> normalised float tensors.
+
+Image bytes are untrusted: a file that is truncated, not an image, or claims more pixels than
+`max_pixels` (a decompression bomb) is refused before any pixel is decoded.
+"""
 from __future__ import annotations
 
 import io
+import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,16 +26,57 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def decode(data: bytes, size: int, where: str = "image") -> np.ndarray:
+MAX_PIXELS = 50_000_000  # a 7,000 x 7,000 photo; far beyond anything CLIP resizes from
+
+
+def decode(data: bytes, size: int, where: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decodes to an RGB uint8 array of size x size; resizes only when it must."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image = image.convert("RGB")
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.BICUBIC)
-            return np.asarray(image, dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size  # from the header: nothing is decoded yet
+                if width * height > max_pixels:
+                    raise ValueError(f"{width} x {height} pixels exceeds the limit of {max_pixels:,}")
+                image = image.convert("RGB")
+                if image.size != (size, size):
+                    image = image.resize((size, size), Image.BICUBIC)
+                return np.asarray(image, dtype=np.uint8)
+    except Image.UnidentifiedImageError:
+        raise BadInput(f"{where}: not an image file") from None
+    except (OSError, ValueError, TypeError, SyntaxError, EOFError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as error:
         raise BadInput(f"{where}: not a readable image ({error})") from error
+
+
+@dataclass
+class Decoded:
+    """What survived decoding: pixels [M, H, W, 3] of the rows in `kept`, and why the rest did not."""
+    pixels: np.ndarray
+    kept: np.ndarray
+    skipped: list[str] = field(default_factory=list)
+
+
+def decode_many(blobs: list[bytes], size: int, where: str, max_bad_fraction: float = 0.0,
+                max_pixels: int = MAX_PIXELS, names: list[str] | None = None) -> Decoded:
+    """Decodes every blob, skipping unreadable ones while they stay within `max_bad_fraction`.
+
+    Past that share (0 refuses any), raises BadInput naming the count and the first culprit.
+    Messages name blob i as names[i], or as "<where> row i".
+    """
+    if not blobs:
+        raise BadInput(f"{where}: no images")
+    pixels, kept, skipped = [], [], []
+    for i, blob in enumerate(blobs):
+        try:
+            pixels.append(decode(blob, size, names[i] if names else f"{where} row {i}", max_pixels))
+            kept.append(i)
+        except BadInput as error:
+            skipped.append(str(error))
+    if skipped and (len(skipped) > max_bad_fraction * len(blobs) or not kept):
+        raise BadInput(f"{len(skipped)} of {len(blobs)} images unreadable, over the allowed share "
+                       f"{max_bad_fraction:g} (data.max_bad_fraction); first: {skipped[0]}")
+    return Decoded(np.stack(pixels), np.asarray(kept, dtype=np.int64), skipped)
 
 
 def to_unit_tensor(pixels: np.ndarray) -> torch.Tensor:

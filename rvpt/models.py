@@ -1,7 +1,6 @@
 """open_clip models: build from a config, save and load in open_clip's own local-dir layout.
 
-A checkpoint is untrusted input. Weights are read with safetensors only, never unpickled,
-and checked against the config before any of them is used.
+A checkpoint is untrusted input: see rvpt.checkpoint for how its weights are read and checked.
 """
 from __future__ import annotations
 
@@ -12,9 +11,9 @@ from pathlib import Path
 import open_clip
 import torch
 from open_clip.model import CLIP
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from rvpt import checkpoint
 from rvpt.errors import BadInput
 from rvpt.images import MEAN, STD
 
@@ -58,38 +57,26 @@ def read_config(directory: str | os.PathLike) -> dict:
         raise BadInput(f"{path}: not an open_clip config ({error})") from error
 
 
-def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
-    """Loads safetensors weights into `model`, refusing anything that does not match exactly."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise BadInput(f"{path}: only .safetensors checkpoints are accepted (no pickle)")
+MAX_PARAMETERS = 5_000_000_000  # twice ViT-bigG; a config asking for more is refused, not allocated
+
+
+def from_config(model_cfg: dict, where) -> CLIP:
+    """The model a config describes, sized on the meta device first so a hostile config cannot exhaust memory."""
     try:
-        state = load_file(str(path))
-    except FileNotFoundError as error:
-        raise BadInput(f"{path}: missing checkpoint") from error
-    except (SafetensorError, OSError, ValueError) as error:
-        raise BadInput(f"{path}: not a valid safetensors file ({error})") from error
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise BadInput(f"{path}: keys do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    for key, tensor in state.items():
-        want = expected[key]
-        if tensor.shape != want.shape or tensor.dtype != want.dtype:
-            raise BadInput(f"{path}: {key} is {tuple(tensor.shape)} {tensor.dtype} in the checkpoint "
-                           f"but {tuple(want.shape)} {want.dtype} in the config")
-    model.load_state_dict(state, strict=True)
+        with torch.device("meta"):
+            size = count_parameters(CLIP(**json.loads(json.dumps(model_cfg))).parameters())
+        if size > MAX_PARAMETERS:
+            raise ValueError(f"{size:,} parameters, over the limit of {MAX_PARAMETERS:,}")
+        return build(model_cfg)
+    except (TypeError, ValueError, KeyError, AttributeError, AssertionError, RuntimeError) as error:
+        raise BadInput(f"{where}: invalid model config ({type(error).__name__}: {error})") from None
 
 
 def load(directory: str | os.PathLike) -> tuple[CLIP, dict]:
-    """Loads a model saved by `save` (or any open_clip local-dir with safetensors weights)."""
+    """Loads an open_clip local-dir folder (ours, or anyone's) without unpickling anything."""
     model_cfg = read_config(directory)
-    try:
-        model = build(model_cfg)
-    except TypeError as error:
-        raise BadInput(f"{Path(directory) / CONFIG_NAME}: invalid model config ({error})") from error
-    load_weights(model, Path(directory) / WEIGHTS_NAME)
+    model = from_config(model_cfg, Path(directory) / CONFIG_NAME)
+    checkpoint.load_into(model, checkpoint.find_weights(directory), Path(directory) / CONFIG_NAME)
     model.eval()
     return model, model_cfg
 

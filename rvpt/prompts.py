@@ -10,6 +10,8 @@ import torch
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
+from rvpt.checkpoint import read_safetensors
+
 
 class DeepPrompts(nn.Module):
     """The prompt tensor [blocks, tokens, width], one row of tokens per prompted block."""
@@ -34,6 +36,10 @@ class PromptedVisionEncoder(nn.Module):
             raise ValueError(f"first prompted block {first_block} outside 0..{depth - 1}")
         if prompts.weight.shape[0] != depth - first_block:
             raise ValueError(f"{prompts.weight.shape[0]} prompt rows for {depth - first_block} prompted blocks")
+        if prompts.weight.shape[2] != visual.class_embedding.shape[-1]:
+            raise ValueError(f"prompts of width {prompts.weight.shape[2]} for a {visual.class_embedding.shape[-1]}-wide encoder")
+        if prompts.weight.dtype != visual.class_embedding.dtype:
+            raise ValueError(f"prompts are {prompts.weight.dtype}, the encoder is {visual.class_embedding.dtype}")
         if not visual.transformer.batch_first:
             raise ValueError("only batch-first transformers are supported")
         self.visual = visual
@@ -85,13 +91,22 @@ def save_prompts(path, prompts: DeepPrompts, first_block: int, metadata: dict[st
 
 
 def load_prompts(path) -> tuple[DeepPrompts, int, dict[str, str]]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        weight = handle.get_tensor("prompts")
-    if weight.ndim != 3 or "first_block" not in metadata:
-        raise ValueError(f"{path}: not an rvpt prompts file (need a [blocks, tokens, width] 'prompts' tensor)")
+    tensors, metadata = read_safetensors(path)
+    weight = tensors.get("prompts")
+    if weight is None or weight.ndim != 3 or not metadata.get("first_block", "").isdigit():
+        raise ValueError(f"{path}: not an rvpt prompts file (need a [blocks, tokens, width] 'prompts' tensor "
+                         f"and first_block metadata)")
     prompts = DeepPrompts(weight.shape[0], weight.shape[1], weight.shape[2])
-    prompts.weight.data.copy_(weight)
+    prompts.weight.data = weight.clone()
     return prompts, int(metadata["first_block"]), metadata
+
+
+def attach_prompts(model, path):
+    """Makes an open_clip CLIP encode images with saved prompts (e.g. a model `rvpt defend` wrote).
+
+    open_clip cannot express deep prompts in its own weights, so the defended model is the
+    open_clip model plus this call: afterwards `model.encode_image` runs the prompted encoder.
+    """
+    prompts, first_block, _ = load_prompts(path)
+    model.visual = PromptedVisionEncoder(model.visual, prompts, first_block).eval()
+    return model

@@ -8,6 +8,7 @@ from open_clip.loss import ClipLoss
 from tqdm.auto import tqdm
 
 from rvpt.images import normalize
+from rvpt.resume import Checkpointing
 from rvpt.schedule import warmup_cosine
 
 
@@ -22,10 +23,13 @@ class ClipTrainConfig:
 
 
 def train_clip(model, images: torch.Tensor, tokens: torch.Tensor, cfg: ClipTrainConfig,
-               desc: str = "pretrain") -> list[float]:
-    """AdamW + warm-up/cosine on the symmetric InfoNCE loss; returns the loss at every step.
+               desc: str = "pretrain", checkpointing: Checkpointing | None = None) -> tuple[list[float], int]:
+    """AdamW + warm-up/cosine on the symmetric InfoNCE loss; returns the loss at every step and
+    the step it resumed from (0 for a fresh start).
 
-    `images` are [N, 3, H, W] in [0, 1]; `tokens` are [N, context] token ids.
+    `images` are [N, 3, H, W] in [0, 1]; `tokens` are [N, context] token ids. With
+    `checkpointing`, the whole training state is saved every few steps and a matching saved
+    state is resumed bit-exactly: the same final weights as a run that was never interrupted.
     """
     generator = torch.Generator().manual_seed(cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -38,8 +42,14 @@ def train_clip(model, images: torch.Tensor, tokens: torch.Tensor, cfg: ClipTrain
     model.eval()
     losses = []
     order = torch.randperm(len(images), generator=generator)
-    cursor = 0
-    for step in tqdm(range(cfg.steps), desc=desc, disable=None):
+    cursor = start = 0
+    saved = checkpointing.load() if checkpointing else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        order, cursor, start, losses = saved["order"], saved["cursor"], saved["step"], saved["losses"]
+    for step in tqdm(range(start, cfg.steps), desc=desc, disable=None, initial=start, total=cfg.steps):
         if cursor + cfg.batch_size > len(order):
             order, cursor = torch.randperm(len(images), generator=generator), 0
         batch = order[cursor:cursor + cfg.batch_size]
@@ -54,4 +64,8 @@ def train_clip(model, images: torch.Tensor, tokens: torch.Tensor, cfg: ClipTrain
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)
         losses.append(loss.item())
-    return losses
+        if checkpointing and checkpointing.due(step + 1, cfg.steps):
+            checkpointing.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "generator": generator.get_state(), "order": order, "cursor": cursor,
+                                "step": step + 1, "losses": losses})
+    return losses, start

@@ -83,6 +83,20 @@ def project(tmp_path):
     return make_project(tmp_path / "project", smoke_params())
 
 
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory) -> Path:
+    """The smoke matrix after one `dvc repro` in a fresh project; copy it (`copy_of`) before changing it."""
+    root = make_project(tmp_path_factory.mktemp("reproduced") / "project", smoke_params())
+    run(["dvc", "repro"], root)
+    return root
+
+
+def copy_of(project: Path, tmp_path: Path) -> Path:
+    destination = tmp_path / "copy"
+    shutil.copytree(project, destination, symlinks=True)
+    return destination
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -35,11 +35,41 @@ def test_shape_mismatch_names_both_shapes(tmp_path):
         models.load(tmp_path / "ckpt")
 
 
-def test_pickle_checkpoints_are_refused(tmp_path):
+class RunsCode:
+    """Unpickling this calls exec: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_weights_only_checkpoints_load_and_code_in_them_never_runs(tmp_path):
     model = models.build(TINY_MODEL, seed=1)
-    torch.save(model.state_dict(), tmp_path / "weights.pt")
-    with pytest.raises(BadInput, match="only .safetensors"):
-        models.load_weights(model, tmp_path / "weights.pt")
-    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    models.save(model, TINY_MODEL, tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / models.WEIGHTS_NAME
+    # A plain state dict saved by torch.save (DDP-prefixed, inside open_clip's training wrapper) loads.
+    weights.unlink()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3},
+               tmp_path / "ckpt" / "open_clip_pytorch_model.bin")
+    loaded, _ = models.load(tmp_path / "ckpt")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    # One that would run code on unpickling is refused, and the code does not run.
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": model.state_dict(), "hook": RunsCode(marker)}, tmp_path / "ckpt" / "open_clip_pytorch_model.bin")
+    with pytest.raises(BadInput, match="refused, not a weights-only checkpoint"):
+        models.load(tmp_path / "ckpt")
+    assert not marker.exists()
+    # The same pickle under a safetensors name is not parsed as anything but safetensors.
+    (tmp_path / "ckpt" / "open_clip_pytorch_model.bin").rename(tmp_path / "ckpt" / models.WEIGHTS_NAME)
     with pytest.raises(BadInput, match="not a valid safetensors"):
-        models.load_weights(model, tmp_path / "bad.safetensors")
+        models.load(tmp_path / "ckpt")
+    assert not marker.exists()
+
+
+def test_a_config_asking_for_too_many_parameters_is_refused_before_allocation(tmp_path):
+    huge = {**TINY_MODEL, "vision_cfg": {**TINY_MODEL["vision_cfg"], "width": 65536, "layers": 200}}
+    models.save(models.build(TINY_MODEL), huge, tmp_path / "ckpt")
+    with pytest.raises(BadInput, match="over the limit"):
+        models.load(tmp_path / "ckpt")

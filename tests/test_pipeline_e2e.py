@@ -3,14 +3,14 @@ a 2 x 2 attacks x defenses matrix (BadNet and BadCLIP; RVPT and CleanCLIP)."""
 import json
 
 import mlflow
-from conftest import run
+from conftest import copy_of, run
 
 STAGES = {"download", "pretrain", "poison", "sample", "tune", "evaluate"}
 CELLS = [("badnet", "rvpt"), ("badnet", "cleanclip"), ("badclip", "rvpt"), ("badclip", "cleanclip")]
 
 
-def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(project):
-    run(["dvc", "repro"], project)
+def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_path):
+    project = copy_of(reproduced, tmp_path)
     rows = json.loads((project / "results" / "summary.json").read_text())["rows"]
     assert [(r["attack"], r["defense"]) for r in rows] == \
         [("badnet", "clean_model"), ("badclip", "clean_model"), *CELLS]

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from rvpt.checkpoint import read_safetensors
 from rvpt.defenses.base import Defended, freeze
 from rvpt.defenses.loop import DefenderData, Schedule, descend, scheduled_batches
 from rvpt.poisoning import with_text_trigger
@@ -93,9 +94,9 @@ def save(defended: CoOp, folder: Path, model_cfg: dict, metadata: dict) -> None:
 
 
 def load(model, folder: Path, tokenize, templates) -> CoOp:
-    context = load_file(str(folder / FILE))["context"]
-    if context.ndim != 2 or context.shape[1] != model.token_embedding.weight.shape[1]:
-        raise ValueError(f"{folder / FILE}: context {tuple(context.shape)} does not fit the text tower")
+    context = read_safetensors(folder / FILE)[0].get("context")
+    if context is None or context.dtype != model.token_embedding.weight.dtype or context.ndim != 2 or context.shape[1] != model.token_embedding.weight.shape[1]:
+        raise ValueError(f"{folder / FILE}: no float32 [tokens, width] context that fits the text tower")
     defended = CoOp(model, tokenize, context)
     defended.context.requires_grad_(False)
     return defended

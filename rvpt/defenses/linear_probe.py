@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from rvpt.checkpoint import read_safetensors
 from rvpt.defenses.base import Defended, freeze
 from rvpt.defenses.loop import DefenderData, Schedule, descend, scheduled_batches
 from rvpt.zeroshot import image_features
@@ -70,10 +70,13 @@ def save(defended: LinearProbe, folder: Path, model_cfg: dict, metadata: dict) -
 
 
 def load(model, folder: Path, tokenize, templates) -> LinearProbe:
-    with safe_open(str(folder / FILE), framework="pt") as handle:
-        classnames = (handle.metadata() or {}).get("classes", "").split("\n")
-        state = {key: handle.get_tensor(key) for key in handle.keys()}
-    head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
-    head.load_state_dict(state)
+    state, metadata = read_safetensors(folder / FILE)
+    classnames = metadata.get("classes", "").split("\n")
+    weight, bias = state.get("weight"), state.get("bias")
+    width = model.text_projection.shape[1]
+    if weight is None or bias is None or weight.shape != (len(classnames), width) or bias.shape != (len(classnames),):
+        raise ValueError(f"{folder / FILE}: not a linear head over {len(classnames)} classes and {width} features")
+    head = nn.Linear(width, len(classnames))
+    head.load_state_dict({"weight": weight, "bias": bias})
     head.requires_grad_(False)
     return LinearProbe(model, head, classnames)

@@ -1,0 +1,143 @@
+"""`rvpt defend`: a defense (RVPT by default) on a model and a few-shot image folder the user brings.
+
+The model is untrusted: it is read without unpickling (rvpt.checkpoint). The data is an
+ImageFolder tree, root/<class>/*.jpg, or root/train/<class>/* with root/test/<class>/*; without a
+test/ folder, params' defend.holdout of each class is held out. CA on the held-out images is
+reported before and after. The output folder is an open_clip local-dir model (the defended one
+for whole-model defenses, the input one otherwise) plus what the defense trained next to it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+
+from pipeline import artifacts, sources
+from pipeline.params import Params
+from rvpt import checkpoint, metrics, models
+from rvpt.defenses import KINDS, DefenderData, ZeroShot
+from rvpt.errors import BadInput
+from rvpt.images import decode_many, to_unit_tensor
+from rvpt.zeroshot import image_features
+
+
+def model_config(config: str | None, weights: Path) -> dict:
+    """A model config from an open_clip config JSON file, a bare model-config JSON, or an open_clip name."""
+    if config is None:
+        raise BadInput(f"{weights}: a weights file needs --config (an open_clip model name or config JSON)")
+    path = Path(config)
+    if path.is_file():
+        try:
+            loaded = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise BadInput(f"{path}: not valid JSON ({error})") from None
+        loaded = loaded.get("model_cfg", loaded) if isinstance(loaded, dict) else loaded
+        if not isinstance(loaded, dict):
+            raise BadInput(f"{path}: not an open_clip model config")
+        return loaded
+    named = open_clip.get_model_config(config)  # configs ship inside the open_clip wheel
+    if named is None:
+        raise BadInput(f"--config {config!r}: neither a file nor an open_clip model name")
+    return named
+
+
+def load_model(source: str, config: str | None, sha256: str | None, cache: Path, timeout: float):
+    path = sources.materialise(source, cache, sha256, timeout)
+    if path.is_dir():
+        model, model_cfg = models.load(path)
+        return model, model_cfg, checkpoint.find_weights(path)
+    model_cfg = model_config(config, path)
+    model = models.from_config(model_cfg, config)
+    checkpoint.load_into(model, path, config)
+    return model.eval(), model_cfg, path
+
+
+def read_folder(root: Path, holdout: float, seed: int, size: int, data):
+    """Class folder names, then (images, labels) to tune on and to hold out, and how many files were skipped.
+
+    Unreadable files are skipped (and named on stderr) before the split, so the allowed share
+    (data.max_bad_fraction) counts over the whole folder.
+    """
+    given = (root / "train").is_dir() and (root / "test").is_dir()
+    parts = ["train", "test"] if given else [""]
+    found = [sources.image_folder(root / part) for part in parts]
+    classes = found[0][0]
+    if any(other != classes for other, _ in found):
+        raise BadInput(f"{root}: train/ and test/ hold different class folders")
+    entries = [(label, path, part == "test") for part, (_, files) in zip(parts, found)
+               for label, name in enumerate(classes) for path in files[name]]
+    decoded = decode_many([path.read_bytes() for _, path, _ in entries], size, str(root), data.max_bad_fraction,
+                          data.max_image_pixels, names=[str(path) for _, path, _ in entries])
+    for message in decoded.skipped:
+        artifacts.warn(f"skipped {message}")
+    labels = np.array([entries[i][0] for i in decoded.kept])
+    held = np.array([entries[i][2] for i in decoded.kept])
+    if not given:
+        rng = np.random.default_rng(seed)
+        for label, name in enumerate(classes):
+            rows = np.flatnonzero(labels == label)
+            if len(rows) < 2:
+                raise BadInput(f"{root / name}: needs at least two readable images (one to tune on, one to hold out)")
+            held[rng.permutation(rows)[:min(len(rows) - 1, max(1, round(holdout * len(rows))))]] = True
+    images = to_unit_tensor(decoded.pixels)
+    labels = torch.from_numpy(labels)
+    return classes, (images[~held], labels[~held]), (images[held], labels[held]), len(decoded.skipped)
+
+
+def class_names(classes: list[str], names_file: Path | None) -> list[str]:
+    if names_file is None:
+        return [name.replace("_", " ") for name in classes]
+    try:
+        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadInput(f"{names_file}: unreadable ({error})") from None
+    if len(names) != len(classes):
+        raise BadInput(f"{names_file}: {len(names)} names for {len(classes)} class folders (one per line, "
+                       f"in sorted folder order)")
+    return names
+
+
+def run(params: Params, model_source: str, data_source: str, out: Path, config: str | None,
+        model_sha256: str | None, data_sha256: str | None, names_file: Path | None, cache: Path) -> str:
+    spec = params.defenses[params.defend.defense]
+    if spec.kind == "cleanclip" and spec.pairs == "pairs":
+        raise BadInput(f"defend.defense: {params.defend.defense!r} needs image-text pairs; use pairs: fewshot")
+    timeout = params.defend.download_timeout_s
+    model, model_cfg, weights = load_model(model_source, config, model_sha256, cache, timeout)
+    root = sources.materialise(data_source, cache, data_sha256, timeout)
+    size = model_cfg["vision_cfg"]["image_size"]
+    classes, (train_images, train_labels), (test_images, test_labels), skipped = read_folder(
+        root, params.defend.holdout, params.seed, size if isinstance(size, int) else size[0], params.data)
+    names = class_names(classes, names_file)
+
+    tokenize = models.tokenizer(model_cfg)
+    templates = params.defend.templates
+    kind = KINDS[spec.kind]
+    config_ = kind.Config(seed=params.seed, **spec.model_dump(exclude={"kind"}))
+
+    def accuracy(defended) -> float | None:
+        features = image_features(defended.encode_image, test_images, params.evaluate.batch_size)
+        return metrics.clean_accuracy(defended, features, test_labels, names)
+
+    before = accuracy(ZeroShot(model, tokenize, templates))
+    torch.manual_seed(params.seed)
+    defended, history = kind.fit(model, DefenderData(train_images, train_labels, names), tokenize, templates,
+                                 config_, desc=f"defend {params.defend.defense}")
+    after = accuracy(defended)
+    report = {"defense": params.defend.defense, "kind": spec.kind, "model": model_source,
+              "weights_sha256": sources.sha256_of(weights), "data": data_source, "classes": names,
+              "train_images": len(train_labels), "heldout_images": len(test_labels),
+              "skipped_images": skipped, "clean_accuracy_before": before,
+              "clean_accuracy_after": after, "settings": spec.model_dump()}
+    with artifacts.atomic_dir(out) as folder:
+        models.save(model, model_cfg, folder)  # the input model, now as safetensors; whole-model defenses overwrite it
+        kind.save(defended, folder, model_cfg, {"defense": params.defend.defense, "kind": spec.kind})
+        if history.get("loss"):
+            artifacts.write_curve(folder / "loss.csv", history["loss"])
+        artifacts.write_json(folder / "defend.json", report)
+    shown = "n/a" if after is None else f"{after:.3f}"
+    return (f"wrote {out}: CA before {before:.3f}, after {shown} on {len(test_labels)} held-out images of "
+            f"{len(names)} classes ({report['skipped_images']} unreadable skipped)")

@@ -1,0 +1,139 @@
+"""Files the user brings: URLs checked against a sha256, archives extracted safely, image folders.
+
+Everything here treats its input as hostile. A download is verified before it is used, an
+archive with a member that would land outside the target (absolute paths, `..`) or that is a
+link or a device is refused as a whole, and nothing is left behind under the final name when
+any of that fails.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from pipeline.artifacts import atomic_dir
+from rvpt.errors import BadInput
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+CHUNK = 1 << 20
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def is_archive(path: str | Path) -> bool:
+    return str(path).lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(path: Path, sha256: str | None, what: str) -> None:
+    if sha256 is None:
+        return
+    actual = sha256_of(path)
+    if actual != sha256.lower():
+        raise BadInput(f"{what}: sha256 is {actual}, expected {sha256.lower()}")
+
+
+def download(url: str, cache: Path, sha256: str | None, timeout: float) -> Path:
+    """The URL's file in `cache`, fetched once; a URL must come with its sha256."""
+    if not sha256:
+        raise BadInput(f"{url}: a URL needs its sha256 (--sha256), so that what runs is what you meant")
+    name = PurePosixPath(urllib.request.urlparse(url).path).name or "download"
+    path = cache / sha256.lower()[:16] / name
+    if path.is_file() and sha256_of(path) == sha256.lower():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            shutil.copyfileobj(response, out, CHUNK)
+        verify(Path(temporary), sha256, url)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise BadInput(f"{url}: download failed ({error})") from None
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
+
+
+def _checked_name(name: str, archive: Path) -> None:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
+        raise BadInput(f"{archive}: member {name!r} would land outside the extraction folder")
+
+
+def extract(archive: Path, target: Path) -> Path:
+    """Extracts a tar or zip archive into `target` (atomically), refusing it if any member is unsafe."""
+    try:
+        with atomic_dir(target) as out:
+            _extract_into(archive, out)
+    except (tarfile.TarError, zipfile.BadZipFile, OSError) as error:
+        raise BadInput(f"{archive}: not a safe, readable archive ({error})") from None
+    return target
+
+
+def _extract_into(archive: Path, out: Path) -> None:
+    if archive.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as handle:
+            for member in handle.infolist():
+                _checked_name(member.filename, archive)
+                if (member.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise BadInput(f"{archive}: member {member.filename!r} is a symbolic link")
+            handle.extractall(out)
+        return
+    with tarfile.open(archive) as handle:
+        for member in handle.getmembers():
+            _checked_name(member.name, archive)
+            if not (member.isfile() or member.isdir()):
+                raise BadInput(f"{archive}: member {member.name!r} is a link or a special file")
+        # The "data" filter re-checks all of the above inside tarfile itself.
+        handle.extractall(out, filter="data")
+
+
+def materialise(source: str, cache: Path, sha256: str | None, timeout: float) -> Path:
+    """A local file or folder for a path or URL; archives are verified and extracted next to the cache."""
+    path = download(source, cache, sha256, timeout) if is_url(source) else Path(source)
+    if not path.exists():
+        raise BadInput(f"{source}: no such file or folder")
+    if path.is_file():
+        verify(path, sha256, source)
+        if is_archive(path):
+            digest = sha256_of(path)
+            target = cache / "extracted" / digest[:16]
+            root = target if target.is_dir() else extract(path, target)
+            inside = [p for p in root.iterdir() if not p.name.startswith(".")]
+            # Most archives wrap everything in one top folder; the data starts inside it.
+            return inside[0] if len(inside) == 1 and inside[0].is_dir() else root
+    elif sha256:
+        raise BadInput(f"{source}: --sha256 applies to a file or URL, not a folder")
+    return path
+
+
+def image_folder(root: Path) -> tuple[list[str], dict[str, list[Path]]]:
+    """Class folder names (sorted) and each class's image files, from the ImageFolder layout root/<class>/*."""
+    if not root.is_dir():
+        raise BadInput(f"{root}: not a folder of class folders")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = {name: sorted(p for p in (root / name).rglob("*")
+                          if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) for name in classes}
+    empty = [name for name, paths in files.items() if not paths]
+    if len(classes) < 2:
+        raise BadInput(f"{root}: needs at least two class folders, found {len(classes)}")
+    if empty:
+        raise BadInput(f"{root}: class folders without images: {empty[:5]}")
+    return classes, files

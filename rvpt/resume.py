@@ -1,0 +1,43 @@
+"""Training state on disk, so a killed run continues where it stopped instead of starting over.
+
+The state is ours (written by `save`), but it is still read with weights_only=True. It carries
+a fingerprint of everything that determines the run; a state from other settings or other data
+is ignored, never resumed.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class Checkpointing:
+    """Where the state lives, how often it is written (in steps), and what it must match."""
+
+    path: Path
+    every: int
+    fingerprint: str
+
+    def load(self) -> dict | None:
+        if self.every <= 0 or not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # a torn or foreign file: start over rather than trust it
+            return None
+        return state if isinstance(state, dict) and state.get("fingerprint") == self.fingerprint else None
+
+    def due(self, step: int, total: int) -> bool:
+        return self.every > 0 and step % self.every == 0 and step < total
+
+    def save(self, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        torch.save({**state, "fingerprint": self.fingerprint}, temporary)
+        os.replace(temporary, self.path)  # a kill mid-write leaves the previous state intact
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,69 @@
+"""Hostile inputs the trust tests feed to rvpt: code-running pickles, broken images, unsafe archives."""
+import io
+import struct
+import tarfile
+import zlib
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+
+class RunsCode:
+    """Unpickling this calls exec, which writes `marker`: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def malicious_checkpoint(path: Path, marker: Path, state: dict | None = None) -> Path:
+    """A torch.save file whose unpickling would run code, optionally wrapped around real weights."""
+    torch.save({"state_dict": state or {}, "hook": RunsCode(marker)}, path)
+    return path
+
+
+def png(size=(16, 16), colour=(200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def truncated_image() -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, format="JPEG")
+    return buffer.getvalue()[:300]
+
+
+def not_an_image() -> bytes:
+    return b"<html>this is not an image</html>"
+
+
+def decompression_bomb(side: int = 100_000) -> bytes:
+    """A tiny PNG whose header claims side x side pixels (10 billion): refused before decoding."""
+    data = bytearray(png((1, 1)))
+    ihdr = 8 + 4  # signature, then the IHDR chunk's length field
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", side, side)
+    crc = zlib.crc32(bytes(data[ihdr:ihdr + 4 + 13])) & 0xFFFFFFFF
+    data[ihdr + 4 + 13:ihdr + 4 + 17] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+HOSTILE_IMAGES = {"truncated.jpg": truncated_image, "html.png": not_an_image, "bomb.png": decompression_bomb}
+
+
+def tar_with(path: Path, members: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
+    """A tar.gz with the given files (names used verbatim, `..` included) and symbolic links."""
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            archive.addfile(info)
+    return path

@@ -1,0 +1,99 @@
+"""`rvpt defend` on a model and an image folder the test fabricates, through the real command line."""
+import hashlib
+import json
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import yaml
+from conftest import TINY_MODEL, run, smoke_params
+from hostile import HOSTILE_IMAGES, malicious_checkpoint, tar_with
+
+from rvpt import models
+from rvpt.defenses import KINDS
+from rvpt.prompts import attach_prompts
+from rvpt.world import GlyphWorld
+
+CLASSES = ["zero", "one", "two"]
+
+
+@pytest.fixture
+def brought(tmp_path):
+    """What a user brings: an open_clip local-dir model, an image folder with some broken files, params."""
+    models.save(models.build(TINY_MODEL, seed=3), TINY_MODEL, tmp_path / "model")
+    world, rng = GlyphWorld(CLASSES, 16), np.random.default_rng(0)
+    for label, name in enumerate(CLASSES):
+        folder = tmp_path / "images" / ("the_zero" if name == "zero" else name)  # _ becomes a space
+        folder.mkdir(parents=True)
+        for i in range(6):
+            world.sample(rng, label).image.save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+    for name, make in HOSTILE_IMAGES.items():
+        (tmp_path / "images" / "two" / name).write_bytes(make())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(smoke_params(data={"max_bad_fraction": 0.2})))
+    return tmp_path
+
+
+def defend(root, *extra, model="model", data="images"):
+    return run(["rvpt", "defend", "--model", str(model), "--data", str(data), "--out", "out",
+                "--cache", str(root / "cache"), *extra], root, check=False)
+
+
+def test_defend_writes_an_open_clip_model_with_prompts_and_reports_ca(brought):
+    result = defend(brought)
+    assert result.returncode == 0, result.stderr
+    assert "CA before" in result.stdout and "after" in result.stdout
+    assert result.stderr.count("rvpt: warning: skipped") == 3 and "bomb.png" in result.stderr
+    report = json.loads((brought / "out" / "defend.json").read_text())
+    assert report["classes"] == ["one", "the zero", "two"]
+    assert report["skipped_images"] == 3 and report["train_images"] + report["heldout_images"] == 18
+    assert 0 <= report["clean_accuracy_before"] <= 1 and 0 <= report["clean_accuracy_after"] <= 1
+    assert report["weights_sha256"] == hashlib.sha256(
+        (brought / "model" / models.WEIGHTS_NAME).read_bytes()).hexdigest()
+
+    # Plain open_clip loads the output; with the prompts attached it encodes like rvpt's defended model.
+    loaded = open_clip.create_model(f"local-dir:{brought / 'out'}").eval()
+    original, _ = models.load(brought / "model")
+    ours = KINDS["prompt"].load(original, brought / "out", models.tokenizer(TINY_MODEL), ["a {}"])
+    attach_prompts(loaded, brought / "out" / "prompts.safetensors")
+    images = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_image(images), ours.encode_image(images), atol=1e-6)
+        assert not torch.allclose(original.encode_image(images), ours.encode_image(images), atol=1e-4)
+
+
+def test_defend_takes_a_weights_file_and_an_archive_by_checksum(brought):
+    weights = brought / "model" / models.WEIGHTS_NAME
+    archive = tar_with(brought / "images.tar.gz", {
+        str(p.relative_to(brought)): p.read_bytes() for p in (brought / "images").rglob("*.*")
+        if p.name not in HOSTILE_IMAGES})
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    config = brought / "model" / models.CONFIG_NAME
+    result = defend(brought, "--config", str(config), "--data-sha256", digest, model=weights, data=archive)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((brought / "out" / "defend.json").read_text())["skipped_images"] == 0
+    bad = defend(brought, "--config", str(config), "--data-sha256", "0" * 64, model=weights, data=archive)
+    assert bad.returncode == 2 and "sha256 is" in bad.stderr
+
+
+def test_defend_refuses_a_code_running_pickle_and_runs_none_of_it(brought):
+    marker = brought / "pwned"
+    state = models.build(TINY_MODEL, seed=3).state_dict()
+    as_file = malicious_checkpoint(brought / "evil.bin", marker, state)
+    as_dir = brought / "evil_dir"
+    as_dir.mkdir()
+    (as_dir / models.CONFIG_NAME).write_text((brought / "model" / models.CONFIG_NAME).read_text())
+    malicious_checkpoint(as_dir / "open_clip_pytorch_model.bin", marker, state)
+    for model, extra in ((as_file, ["--config", str(as_dir / models.CONFIG_NAME)]), (as_dir, [])):
+        result = defend(brought, *extra, model=model)
+        assert result.returncode == 2, result.stderr
+        assert "refused, not a weights-only checkpoint" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not marker.exists() and not (brought / "out").exists()
+
+
+def test_defend_refuses_unreadable_images_past_the_allowed_share(brought):
+    (brought / "params.yaml").write_text(yaml.safe_dump(smoke_params(data={"max_bad_fraction": 0.0})))
+    result = defend(brought)
+    assert result.returncode == 2 and "3 of" in result.stderr and "data.max_bad_fraction" in result.stderr
+    assert not (brought / "out").exists()
