@@ -23,8 +23,13 @@ app.add_typer(stage_app, name="stage")
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="Params file to read.")
 
 
+def one_line(message: str) -> str:
+    """The message with control characters (newlines included) escaped, so it stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def fail(message: str) -> None:
-    typer.echo(f"rvpt: error: {message}", err=True)
+    typer.echo(f"rvpt: error: {one_line(message)}", err=True)
     raise typer.Exit(2)
 
 
@@ -186,24 +191,31 @@ def defend(model: str = typer.Option(..., help="Untrusted model: an open_clip lo
             label="rvpt defend", tracked=False)
 
 
-def main() -> None:
-    """Console entry point: usage errors (a malformed value, an unknown option) become one line too,
-    still with exit code 2, instead of click's framed message."""
+def invoke(argv: list[str] | None = None) -> int:
+    """Runs the command line and returns its exit code. Usage errors (a malformed value, an unknown
+    option) become one line too, still with exit code 2, instead of click's framed message."""
     # typer >= 0.29 vendors click; its exceptions live here (typer is pinned by uv.lock).
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
     try:
-        code = app(standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except NoArgsIsHelpError as error:
         typer.echo(error.format_message())
         code = 0
     except ClickException as error:
         where = f"{error.ctx.command_path}: " if getattr(error, "ctx", None) else ""
-        typer.echo(f"rvpt: error: {where}{' '.join(error.format_message().split())}", err=True)
+        typer.echo(f"rvpt: error: {one_line(where + ' '.join(error.format_message().split()))}", err=True)
         code = error.exit_code
+    except typer.Exit as exit_:
+        code = exit_.exit_code
     except typer.Abort:
         code = 1
-    sys.exit(code if isinstance(code, int) else 0)
+    return code if isinstance(code, int) else 0
+
+
+def main() -> None:
+    """Console entry point."""
+    sys.exit(invoke())
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from rvpt.attacks import REGISTRY as ATTACKS
 from rvpt.attacks import build as build_attack
 from rvpt.defenses import KINDS as DEFENSE_KINDS
+from rvpt import models
 from rvpt.errors import BadInput
 
 PARAMS_FILE = "params.yaml"
@@ -45,13 +46,19 @@ class Data(Strict):
 class Model(Strict):
     config: dict[str, Any]
     templates: list[str] = Field(min_length=1)
+    _depth: int | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
-    def _templates_have_slot(self):
+    def _valid(self):
         for template in self.templates:
             if "{}" not in template:
                 raise ValueError(f"template {template!r} has no '{{}}' for the class name")
+        self._depth = models.vision_depth(models.check_config(self.config))
         return self
+
+    @property
+    def vision_depth(self) -> int | None:
+        return self._depth
 
 
 class ClipTraining(Strict):
@@ -170,8 +177,8 @@ class Defend(Strict):
 
 
 class Params(Strict):
-    seed: int = Field(ge=0)
-    threads: int = Field(ge=1)
+    seed: int = Field(ge=0, lt=2 ** 32)  # numpy and torch both take it as it is
+    threads: int = Field(ge=1, le=256)
     data: Data
     model: Model
     pretrain: Pretrain
@@ -203,8 +210,10 @@ class Params(Strict):
         for template in self.defend.templates:
             if "{}" not in template:
                 raise ValueError(f"defend.templates: {template!r} has no '{{}}' for the class name")
-        depth = self.model.config.get("vision_cfg", {}).get("layers", 0)
+        depth = self.model.vision_depth
         for name, defense in self.defenses.items():
+            if defense.kind == "prompt" and depth is None:
+                raise ValueError(f"defenses.{name}: prompts need a ViT image tower (model.config.vision_cfg)")
             if defense.kind == "prompt" and defense.first_block >= depth:
                 raise ValueError(f"defenses.{name}.first_block: {defense.first_block} must be below the "
                                  f"{depth} vision blocks")
@@ -259,5 +268,8 @@ def load(path: str | Path = PARAMS_FILE, overrides: dict[str, tuple[str, Any]] |
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = value
+            if not isinstance(node, dict):
+                break  # the file's own value is not a mapping; validation names it
+        else:
+            node[leaf] = value
     return validate(raw, str(path), {key: flag for key, (flag, _) in given.items()})

@@ -60,16 +60,33 @@ def read_config(directory: str | os.PathLike) -> dict:
 MAX_PARAMETERS = 5_000_000_000  # twice ViT-bigG; a config asking for more is refused, not allocated
 
 
-def from_config(model_cfg: dict, where) -> CLIP:
-    """The model a config describes, sized on the meta device first so a hostile config cannot exhaust memory."""
+def check_config(model_cfg: dict) -> CLIP:
+    """The model a config describes, built on the meta device (no memory, no values), so that a
+    hostile or mistyped config is refused before anything is allocated."""
     try:
         with torch.device("meta"):
-            size = count_parameters(CLIP(**json.loads(json.dumps(model_cfg))).parameters())
-        if size > MAX_PARAMETERS:
-            raise ValueError(f"{size:,} parameters, over the limit of {MAX_PARAMETERS:,}")
-        return build(model_cfg)
-    except (TypeError, ValueError, KeyError, AttributeError, AssertionError, RuntimeError) as error:
-        raise BadInput(f"{where}: invalid model config ({type(error).__name__}: {error})") from None
+            model = CLIP(**json.loads(json.dumps(model_cfg)))
+            size = count_parameters(model.parameters())
+    except (TypeError, ValueError, KeyError, AttributeError, AssertionError, RuntimeError, ZeroDivisionError,
+            OverflowError) as error:
+        raise ValueError(f"not a buildable open_clip config ({type(error).__name__}: {error})") from None
+    if size > MAX_PARAMETERS:
+        raise ValueError(f"{size:,} parameters, over the limit of {MAX_PARAMETERS:,}")
+    return model
+
+
+def vision_depth(model: CLIP) -> int | None:
+    """Blocks of a ViT image tower (what deep prompts attach to); None for other towers."""
+    transformer = getattr(model.visual, "transformer", None)
+    return len(transformer.resblocks) if transformer is not None else None
+
+
+def from_config(model_cfg: dict, where) -> CLIP:
+    try:
+        check_config(model_cfg)
+    except ValueError as error:
+        raise BadInput(f"{where}: {error}") from None
+    return build(model_cfg)
 
 
 def load(directory: str | os.PathLike) -> tuple[CLIP, dict]:
