@@ -105,8 +105,14 @@ def run(params: Params, model_source: str, data_source: str, out: Path, config: 
     spec = params.defenses[params.defend.defense]
     if spec.kind == "cleanclip" and spec.pairs == "pairs":
         raise BadInput(f"defend.defense: {params.defend.defense!r} needs image-text pairs; use pairs: fewshot")
+    if out.exists() and not (out / "defend.json").is_file():
+        raise BadInput(f"--out {out}: exists and is not an earlier `rvpt defend` output; it would be replaced")
     timeout = params.defend.download_timeout_s
     model, model_cfg, weights = load_model(model_source, config, model_sha256, cache, timeout)
+    depth = models.vision_depth(model)
+    if spec.kind == "prompt" and (depth is None or spec.first_block >= depth):
+        raise BadInput(f"defenses.{params.defend.defense}.first_block: {spec.first_block} needs a ViT image tower "
+                       f"deeper than that; {model_source} has {depth or 'no ViT'} blocks")
     root = sources.materialise(data_source, cache, data_sha256, timeout)
     size = model_cfg["vision_cfg"]["image_size"]
     classes, (train_images, train_labels), (test_images, test_labels), skipped = read_folder(
@@ -116,7 +122,7 @@ def run(params: Params, model_source: str, data_source: str, out: Path, config: 
     tokenize = models.tokenizer(model_cfg)
     templates = params.defend.templates
     kind = KINDS[spec.kind]
-    config_ = kind.Config(seed=params.seed, **spec.model_dump(exclude={"kind"}))
+    settings = kind.Config(seed=params.seed, **spec.model_dump(exclude={"kind"}))
 
     def accuracy(defended) -> float | None:
         features = image_features(defended.encode_image, test_images, params.evaluate.batch_size)
@@ -125,7 +131,7 @@ def run(params: Params, model_source: str, data_source: str, out: Path, config: 
     before = accuracy(ZeroShot(model, tokenize, templates))
     torch.manual_seed(params.seed)
     defended, history = kind.fit(model, DefenderData(train_images, train_labels, names), tokenize, templates,
-                                 config_, desc=f"defend {params.defend.defense}")
+                                 settings, desc=f"defend {params.defend.defense}")
     after = accuracy(defended)
     report = {"defense": params.defend.defense, "kind": spec.kind, "model": model_source,
               "weights_sha256": sources.sha256_of(weights), "data": data_source, "classes": names,

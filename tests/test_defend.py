@@ -76,6 +76,19 @@ def test_defend_takes_a_weights_file_and_an_archive_by_checksum(brought):
     assert bad.returncode == 2 and "sha256 is" in bad.stderr
 
 
+def test_defend_fetches_a_model_by_url_only_with_its_sha256(brought, served):
+    www, url = served
+    weights = (brought / "model" / models.WEIGHTS_NAME).read_bytes()
+    (www / "weights.safetensors").write_bytes(weights)
+    config = str(brought / "model" / models.CONFIG_NAME)
+    unchecked = defend(brought, "--config", config, model=f"{url}/weights.safetensors")
+    assert unchecked.returncode == 2 and "needs its sha256" in unchecked.stderr
+    digest = hashlib.sha256(weights).hexdigest()
+    result = defend(brought, "--config", config, "--sha256", digest, model=f"{url}/weights.safetensors")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((brought / "out" / "defend.json").read_text())["weights_sha256"] == digest
+
+
 def test_defend_refuses_a_code_running_pickle_and_runs_none_of_it(brought):
     marker = brought / "pwned"
     state = models.build(TINY_MODEL, seed=3).state_dict()
@@ -97,3 +110,11 @@ def test_defend_refuses_unreadable_images_past_the_allowed_share(brought):
     result = defend(brought)
     assert result.returncode == 2 and "3 of" in result.stderr and "data.max_bad_fraction" in result.stderr
     assert not (brought / "out").exists()
+
+
+def test_defend_never_replaces_a_folder_it_did_not_write(brought):
+    (brought / "out").mkdir()
+    (brought / "out" / "precious.txt").write_text("keep me")
+    result = defend(brought)
+    assert result.returncode == 2 and "not an earlier `rvpt defend` output" in result.stderr
+    assert (brought / "out" / "precious.txt").read_text() == "keep me"

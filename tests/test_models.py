@@ -31,7 +31,11 @@ def test_shape_mismatch_names_both_shapes(tmp_path):
     state = {k: v for k, v in model.state_dict().items()}
     state["visual.proj"] = torch.zeros(32, 16)
     save_file(state, str(tmp_path / "ckpt" / models.WEIGHTS_NAME))
-    with pytest.raises(BadInput, match=r"visual.proj is \(32, 16\).*but \(32, 32\)"):
+    with pytest.raises(BadInput, match=r"visual.proj is \(32, 16\).*but \(32, 32\).*open_clip_config.json"):
+        models.load(tmp_path / "ckpt")
+    state["visual.proj"] = torch.zeros(32, 32, dtype=torch.float16)
+    save_file(state, str(tmp_path / "ckpt" / models.WEIGHTS_NAME))
+    with pytest.raises(BadInput, match=r"float16 in the checkpoint but \(32, 32\) torch.float32 in the config"):
         models.load(tmp_path / "ckpt")
 
 

@@ -1,8 +1,5 @@
 """Untrusted inputs at the library level: images, archives, downloads and saved defense tensors."""
-import functools
 import hashlib
-import http.server
-import threading
 import zipfile
 
 import pytest
@@ -68,17 +65,6 @@ def test_sha256_mismatch_is_refused(tmp_path):
     good = tar_with(tmp_path / "good.tar.gz", {"cat/a.png": png()})
     with pytest.raises(BadInput, match="sha256 is"):
         sources.materialise(str(good), tmp_path / "cache", "0" * 64, 5)
-
-
-@pytest.fixture
-def served(tmp_path):
-    """A real HTTP server on 127.0.0.1 serving tmp_path/www."""
-    (tmp_path / "www").mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield tmp_path / "www", f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def test_urls_need_a_sha256_and_are_verified_before_use(served, tmp_path):
