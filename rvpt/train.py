@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from open_clip.loss import ClipLoss
@@ -23,13 +24,15 @@ class ClipTrainConfig:
 
 
 def train_clip(model, images: torch.Tensor, tokens: torch.Tensor, cfg: ClipTrainConfig,
-               desc: str = "pretrain", checkpointing: Checkpointing | None = None) -> tuple[list[float], int]:
+               desc: str = "pretrain", checkpointing: Checkpointing | None = None,
+               on_step: Callable[[int], None] | None = None) -> tuple[list[float], int]:
     """AdamW + warm-up/cosine on the symmetric InfoNCE loss; returns the loss at every step and
     the step it resumed from (0 for a fresh start).
 
     `images` are [N, 3, H, W] in [0, 1]; `tokens` are [N, context] token ids. With
     `checkpointing`, the whole training state is saved every few steps and a matching saved
     state is resumed bit-exactly: the same final weights as a run that was never interrupted.
+    `on_step(step)` is called after every optimizer step (benchmarks time it).
     """
     generator = torch.Generator().manual_seed(cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -64,6 +67,8 @@ def train_clip(model, images: torch.Tensor, tokens: torch.Tensor, cfg: ClipTrain
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)
         losses.append(loss.item())
+        if on_step:
+            on_step(step)
         if checkpointing and checkpointing.due(step + 1, cfg.steps):
             checkpointing.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                 "generator": generator.get_state(), "order": order, "cursor": cursor,
