@@ -166,6 +166,21 @@ def evaluate(params: Path = PARAMS):
     execute("evaluate", params, {}, stage.run)
 
 
+@stage_app.command("report")
+def report_stage(params: Path = PARAMS):
+    """The report and plots (the same as `rvpt report`)."""
+    report(params)
+
+
+@app.command()
+def report(params: Path = PARAMS):
+    """Write results/report.html (self-contained: matrix, triggers, samples, loss curves, trainable
+    parameters) and the plots in results/plots/ (what `dvc plots show` renders)."""
+    from pipeline import report as stage
+
+    execute("report", params, {}, stage.run, label="rvpt report")
+
+
 @app.command()
 def defend(model: str = typer.Option(..., help="Untrusted model: an open_clip local-dir folder, a weights file "
                                                "(.safetensors, or weights-only .bin/.pt/.pth), an archive, or a URL."),

@@ -5,7 +5,7 @@ import json
 import mlflow
 from conftest import copy_of, run
 
-STAGES = {"download", "pretrain", "poison", "sample", "tune", "evaluate"}
+STAGES = {"download", "pretrain", "poison", "sample", "tune", "evaluate", "report"}
 CELLS = [("badnet", "rvpt"), ("badnet", "cleanclip"), ("badclip", "rvpt"), ("badclip", "cleanclip")]
 
 
@@ -23,6 +23,13 @@ def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_pat
     assert by_cell["badnet", "rvpt"]["trainable_params"] == 2 * 4 * 32 == by_cell["badclip", "rvpt"]["trainable_params"]
     assert by_cell["badnet", "cleanclip"]["trainable_params"] > 100 * by_cell["badnet", "rvpt"]["trainable_params"]
     assert by_cell["badnet", "rvpt"]["shots"] == 4
+    report = (project / "results" / "report.html").read_text()
+    assert "| rvpt |" not in report and "<td>rvpt</td>" in report and "data:image/png;base64," in report
+    assert "http://" not in report and "https://" not in report and "<script" not in report  # renders offline
+    assert {p.name for p in (project / "results" / "plots").iterdir()} >= {"asr.png", "ca.png", "loss_pretrain.png"}
+    run(["dvc", "plots", "show", "-o", "dvc_plots"], project)
+    page = (project / "dvc_plots" / "index.html").read_text()
+    assert "asr.png" in page and "<img" in page and "<script" not in page  # nothing to load from a CDN
     table = (project / "results" / "summary.md").read_text()
     assert "| clean model (never poisoned) |" in table and "| rvpt |" in table and "| cleanclip |" in table
     # The optimised BadCLIP patch differs from its random initialisation.
