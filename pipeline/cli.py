@@ -14,7 +14,9 @@ import typer
 
 from rvpt.errors import BadInput
 
-app = typer.Typer(help="Backdoor CLIP on purpose, defend it with RVPT, and measure both.",
+app = typer.Typer(help="Backdoor CLIP on purpose, defend it with RVPT, and measure both.\n\n"
+                       "`dvc repro` runs the whole pipeline; `rvpt stage NAME` runs one stage of it; "
+                       "`rvpt defend` defends a model you were handed; `rvpt report` writes the report.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 stage_app = typer.Typer(help="Run one pipeline stage (what `dvc repro` runs), with optional overrides.",
                         no_args_is_help=True)
@@ -174,8 +176,11 @@ def report_stage(params: Path = PARAMS):
 
 @app.command()
 def report(params: Path = PARAMS):
-    """Write results/report.html (self-contained: matrix, triggers, samples, loss curves, trainable
-    parameters) and the plots in results/plots/ (what `dvc plots show` renders)."""
+    """Write the self-contained results/report.html and the plots in results/plots/.
+
+    The page holds the matrix, triggers, poisoned samples, loss curves and trainable parameters,
+    with every image inlined; the plots are what `dvc plots show` renders.
+    """
     from pipeline import report as stage
 
     execute("report", params, {}, stage.run, label="rvpt report")

@@ -7,6 +7,8 @@ headline numbers keyed for `dvc exp show`) and results/summary.md (the paper's T
 """
 from __future__ import annotations
 
+from tqdm.auto import tqdm
+
 from pipeline import artifacts, paths
 from pipeline.evaluation import Scorer, load_backdoored, zero_shot
 from pipeline.params import Params
@@ -53,7 +55,7 @@ def run(params: Params) -> str:
             for attack, metrics in zip(params.run.attacks, scorer.rows(zero_shot(params, clean_model),
                                                                        params.run.attacks))]
     upstream = {}
-    for attack_name in params.run.attacks:
+    for attack_name in tqdm(params.run.attacks, desc="evaluate attacks", disable=None):
         rows += defended_rows(params, scorer, attack_name, upstream)
 
     logged = {"attacks": params.run.attacks, "defenses": params.run.defenses, "evaluate": params.evaluate.model_dump()}

@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from rvpt.attacks.base import seeded
 from rvpt.attacks.patch import PatchAttack
@@ -56,7 +57,7 @@ def optimise_patch(attack: PatchAttack, encode: Callable[[torch.Tensor], torch.T
     optimizer = torch.optim.Adam([patch], lr=cfg.lr)
     generator = seeded(cfg.seed)
     losses = []
-    for _ in range(cfg.steps):
+    for _ in tqdm(range(cfg.steps), desc="badclip patch", disable=None, leave=False):
         batch = images[torch.randint(0, len(images), (cfg.batch_size,), generator=generator)]
         with torch.no_grad():
             clean = F.normalize(encode(batch), dim=-1)
