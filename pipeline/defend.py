@@ -50,9 +50,7 @@ def load_model(source: str, config: str | None, sha256: str | None, cache: Path,
         model, model_cfg = models.load(path)
         return model, model_cfg, checkpoint.find_weights(path)
     model_cfg = model_config(config, path)
-    model = models.from_config(model_cfg, config)
-    checkpoint.load_into(model, path, config)
-    return model.eval(), model_cfg, path
+    return models.from_weights(model_cfg, path, config), model_cfg, path
 
 
 def read_folder(root: Path, holdout: float, seed: int, size: int, data):
@@ -114,7 +112,7 @@ def run(params: Params, model_source: str, data_source: str, out: Path, config: 
         raise BadInput(f"defenses.{params.defend.defense}.first_block: {spec.first_block} needs a ViT image tower "
                        f"deeper than that; {model_source} has {depth or 'no ViT'} blocks")
     root = sources.materialise(data_source, cache, data_sha256, timeout)
-    size = model_cfg["vision_cfg"]["image_size"]
+    size = model.visual.image_size  # open_clip's towers keep it as (height, width)
     classes, (train_images, train_labels), (test_images, test_labels), skipped = read_folder(
         root, params.defend.holdout, params.seed, size if isinstance(size, int) else size[0], params.data)
     names = class_names(classes, names_file)

@@ -20,6 +20,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def check_templates(templates: list[str], where: str) -> None:
+    for template in templates:
+        if "{}" not in template:
+            raise ValueError(f"{where}{template!r} has no '{{}}' for the class name")
+
+
 class Data(Strict):
     source: Literal["glyphs"] = "glyphs"
     classes: list[str] = Field(min_length=2)
@@ -50,9 +56,7 @@ class Model(Strict):
 
     @model_validator(mode="after")
     def _valid(self):
-        for template in self.templates:
-            if "{}" not in template:
-                raise ValueError(f"template {template!r} has no '{{}}' for the class name")
+        check_templates(self.templates, "template ")
         self._depth = models.vision_depth(models.check_config(self.config))
         return self
 
@@ -207,9 +211,7 @@ class Params(Strict):
                 raise ValueError(f"run.defenses: {name!r} is not defined under defenses")
         if self.defend.defense not in self.defenses:
             raise ValueError(f"defend.defense: {self.defend.defense!r} is not defined under defenses")
-        for template in self.defend.templates:
-            if "{}" not in template:
-                raise ValueError(f"defend.templates: {template!r} has no '{{}}' for the class name")
+        check_templates(self.defend.templates, "defend.templates: ")
         depth = self.model.vision_depth
         for name, defense in self.defenses.items():
             if defense.kind == "prompt" and depth is None:

@@ -40,12 +40,12 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def verify(path: Path, sha256: str | None, what: str) -> None:
-    if sha256 is None:
-        return
+def verify(path: Path, sha256: str | None, what: str) -> str:
+    """The file's sha256, after checking it against `sha256` when one is given."""
     actual = sha256_of(path)
-    if actual != sha256.lower():
+    if sha256 is not None and actual != sha256.lower():
         raise BadInput(f"{what}: sha256 is {actual}, expected {sha256.lower()}")
+    return actual
 
 
 def download(url: str, cache: Path, sha256: str | None, timeout: float) -> Path:
@@ -107,21 +107,24 @@ def _extract_into(archive: Path, out: Path) -> None:
 
 def materialise(source: str, cache: Path, sha256: str | None, timeout: float) -> Path:
     """A local file or folder for a path or URL; archives are verified and extracted next to the cache."""
-    path = download(source, cache, sha256, timeout) if is_url(source) else Path(source)
-    if not path.exists():
-        raise BadInput(f"{source}: no such file or folder")
-    if path.is_file():
-        verify(path, sha256, source)
-        if is_archive(path):
-            digest = sha256_of(path)
-            target = cache / "extracted" / digest[:16]
-            root = target if target.is_dir() else extract(path, target)
-            inside = [p for p in root.iterdir() if not p.name.startswith(".")]
-            # Most archives wrap everything in one top folder; the data starts inside it.
-            return inside[0] if len(inside) == 1 and inside[0].is_dir() else root
-    elif sha256:
-        raise BadInput(f"{source}: --sha256 applies to a file or URL, not a folder")
-    return path
+    if is_url(source):
+        path, digest = download(source, cache, sha256, timeout), sha256.lower()  # verified by download
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise BadInput(f"{source}: no such file or folder")
+        if path.is_dir():
+            if sha256:
+                raise BadInput(f"{source}: --sha256 applies to a file or URL, not a folder")
+            return path
+        digest = verify(path, sha256, source)
+    if not is_archive(path):
+        return path
+    target = cache / "extracted" / digest[:16]
+    root = target if target.is_dir() else extract(path, target)
+    inside = [p for p in root.iterdir() if not p.name.startswith(".")]
+    # Most archives wrap everything in one top folder; the data starts inside it.
+    return inside[0] if len(inside) == 1 and inside[0].is_dir() else root
 
 
 def image_folder(root: Path) -> tuple[list[str], dict[str, list[Path]]]:

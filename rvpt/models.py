@@ -89,13 +89,17 @@ def from_config(model_cfg: dict, where) -> CLIP:
     return build(model_cfg)
 
 
+def from_weights(model_cfg: dict, weights: str | os.PathLike, config_name) -> CLIP:
+    """The model a config describes, with a weights file's tensors, read without unpickling anything."""
+    model = from_config(model_cfg, config_name)
+    checkpoint.load_into(model, weights, config_name)
+    return model.eval()
+
+
 def load(directory: str | os.PathLike) -> tuple[CLIP, dict]:
-    """Loads an open_clip local-dir folder (ours, or anyone's) without unpickling anything."""
+    """Loads an open_clip local-dir folder (ours, or anyone's)."""
     model_cfg = read_config(directory)
-    model = from_config(model_cfg, Path(directory) / CONFIG_NAME)
-    checkpoint.load_into(model, checkpoint.find_weights(directory), Path(directory) / CONFIG_NAME)
-    model.eval()
-    return model, model_cfg
+    return from_weights(model_cfg, checkpoint.find_weights(directory), Path(directory) / CONFIG_NAME), model_cfg
 
 
 def tokenizer(model_cfg: dict):
