@@ -35,28 +35,46 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+ARGV: list[str] = []  # this command line's arguments, for relaunching under torchrun
+
+
+def relaunch(processes: int) -> int:
+    """Runs this same command under torchrun with `processes` processes; returns its exit code."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "pipeline.cli", *ARGV]
+    return subprocess.run(command).returncode
+
+
 def execute(name: str, params_path: Path, overrides: dict, work: Callable, label: str | None = None,
-            tracked: bool = True) -> None:
+            tracked: bool = True, distributed: bool = False) -> None:
     """Loads params (with overrides), checks the tracking server, fixes seeds and threads, and runs `work(params)`.
 
     `work` returns one summary or yields one per job (e.g. per tune cell); each is printed as
-    soon as its job ends, with the seconds that job took.
+    soon as its job ends, with the seconds that job took. A `distributed` stage asked for more
+    than one process (compute.processes) relaunches itself under torchrun; only rank 0 prints.
     """
     import torch
 
     from pipeline import params as params_module
     from pipeline import tracking
+    from rvpt import compute
 
     started = time.perf_counter()
     try:
         params = params_module.load(params_path, overrides)
         if tracked:
             tracking.check_reachable(params.tracking.timeout_s)
+        if distributed and params.compute.processes > 1 and not compute.launched_by_torchrun():
+            raise typer.Exit(relaunch(params.compute.processes))
+        compute.init()
         torch.set_num_threads(params.threads)
         torch.manual_seed(params.seed)
         messages = work(params)
         for message in [messages] if isinstance(messages, str) else messages:
-            typer.echo(f"{label or f'rvpt stage {name}'}: {message} ({time.perf_counter() - started:.1f} s)")
+            if compute.is_main():
+                typer.echo(f"{label or f'rvpt stage {name}'}: {message} ({time.perf_counter() - started:.1f} s)")
             started = time.perf_counter()
     except BadInput as error:
         fail(str(error))
@@ -116,7 +134,7 @@ def pretrain(params: Path = PARAMS,
     if clean and attack:
         fail("--clean and --attack exclude each other")
     schedule = "pretrain.clean" if clean else "pretrain.poisoned"
-    execute("pretrain", params, {f"{schedule}.steps": ("--steps", steps)}, work)
+    execute("pretrain", params, {f"{schedule}.steps": ("--steps", steps)}, work, distributed=True)
 
 
 @stage_app.command()
@@ -157,7 +175,7 @@ def tune(params: Path = PARAMS,
     if defense is not None:
         overrides.update({f"defenses.{defense}.{name}": (f"--{name.replace('_', '-')}", value)
                           for name, value in settings.items()})
-    execute("tune", params, overrides, work)
+    execute("tune", params, overrides, work, distributed=True)
 
 
 @stage_app.command()
@@ -217,6 +235,7 @@ def invoke(argv: list[str] | None = None) -> int:
     # typer >= 0.29 vendors click; its exceptions live here (typer is pinned by uv.lock).
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
+    ARGV[:] = sys.argv[1:] if argv is None else argv
     try:
         code = app(args=argv, standalone_mode=False)
     except NoArgsIsHelpError as error:

@@ -1,16 +1,21 @@
-"""Stage `download`: the clean pretraining corpus, the labelled downstream splits, and the
-defender's clean image-text pairs.
+"""Stage `download`: the clean pretraining corpus, the labelled downstream splits, the
+cross-task test sets, and the defender's clean image-text pairs.
 
 The default source renders the synthetic glyph world, so the pipeline needs no network. The
 corpus covers the task's classes and the transfer task's classes, as a web corpus covers
 many downstream datasets; the transfer task gets only a test split.
+
+`data.source: files` reads what the user brings instead (pipeline/datasets.py): an ImageFolder
+tree for the downstream task (val carved out of train when it has none), one per cross-task
+test set, and a corpus of img2dataset shards or an ImageFolder captioned with the templates.
+The defender's pairs are the next data.defender_pairs corpus pairs after the corpus's own.
 """
 from __future__ import annotations
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipeline import artifacts, paths
+from pipeline import artifacts, datasets, paths
 from pipeline.params import Params
 from pipeline.tracking import stage_run
 from rvpt.images import encode_png
@@ -40,9 +45,76 @@ def render(world: GlyphWorld, count: int, seed: int, labels: list[int] | None, d
 
 
 def run(params: Params) -> str:
+    return from_files(params) if params.data.source == "files" else from_glyphs(params)
+
+
+def from_files(params: Params) -> str:
+    data, files, seed = params.data, params.data.files, params.seed
+    folders, names = data.class_folders, data.class_names
+
+    def fetch(spec):
+        return datasets.local(spec, paths.DOWNLOADS, data.download_timeout_s)
+
+    # Fetched and checked before the run opens: a bad URL or archive leaves no trace.
+    roots = {name: fetch(spec) for name, spec in files.transfer.items()}
+    roots[".downstream"], roots[".corpus"] = fetch(files.downstream), fetch(files.corpus)
+    with stage_run("download", params.tracking.experiment, {"seed": seed, "data": data.model_dump()}) as log:
+        with artifacts.atomic_dir(paths.CLEAN) as out:
+            (out / "downstream").mkdir()
+            root, spec = roots[".downstream"], files.downstream
+            train = datasets.shuffled(datasets.class_files(root, spec.train, folders), seed)
+            if spec.val is None:  # carved out of train before the shots are drawn, so never among them
+                val, train = [p[:data.val_per_class] for p in train], [p[data.val_per_class:] for p in train]
+            else:
+                val = datasets.shuffled(datasets.class_files(root, spec.val, folders), seed + 1)
+            test = datasets.shuffled(datasets.class_files(root, spec.test, folders), seed + 2)
+            check = datasets.Checked(data, str(root))
+            sizes = {split: datasets.write_labelled(out / "downstream" / f"{split}.parquet", chosen, per_class,
+                                                    check).close()
+                     for split, chosen, per_class in (("train", train, data.train_per_class),
+                                                      ("val", val, data.val_per_class),
+                                                      ("test", test, data.test_per_class))}
+            check.finish()
+            for name, spec in files.transfer.items():
+                root = roots[name]
+                check = datasets.Checked(data, str(root))
+                chosen = datasets.shuffled(datasets.class_files(root, spec.split, list(spec.classes)), seed + 3)
+                sizes[name] = datasets.write_labelled(out / "downstream" / f"{name}_test.parquet", chosen,
+                                                      data.test_per_class, check).close()
+                check.finish()
+            sizes["corpus"], sizes["pairs"] = corpus_from_files(params, roots[".corpus"], out)
+            artifacts.write_json(out / "classes.json", {"classes": names, "folders": folders, "source": "files",
+                                                        "transfer": data.transfer_sets(), "rows": sizes})
+        for key, value in sizes.items():
+            log.metric(f"{key}_images", value)
+    return f"wrote {paths.CLEAN}: " + ", ".join(f"{key} {value}" for key, value in sizes.items())
+
+
+def corpus_from_files(params: Params, root, out) -> tuple[int, int]:
+    data, spec = params.data, params.data.files.corpus
+    if spec.format == "image_folder":
+        files = datasets.class_files(root, spec.split, data.class_folders)
+        stream = datasets.folder_pairs(files, params.model.templates, data.class_names, params.seed + 4)
+    else:
+        stream = (datasets.parquet_pairs if spec.format == "parquet" else datasets.webdataset_pairs)(root)
+    corpus = datasets.TableWriter(out / "corpus", shard_rows=data.shard_rows)
+    pairs = datasets.TableWriter(out / "pairs.parquet")
+    check = datasets.Checked(data, str(root))
+    datasets.write_pairs(stream, [(corpus, data.corpus_size), (pairs, data.defender_pairs)], check)
+    check.finish()
+    if corpus.count < data.corpus_size:
+        artifacts.warn(f"{root}: {corpus.count} readable pairs, fewer than data.corpus_size ({data.corpus_size})")
+    if pairs.count == 0:
+        artifacts.write_table(out / "pairs.parquet", {"image": [], "caption": [], "label": [], "poisoned": []})
+        return corpus.close(), 0
+    return corpus.close(), pairs.close()
+
+
+def from_glyphs(params: Params) -> str:
     data = params.data
-    task, transfer = list(range(len(data.classes))), [len(data.classes) + i for i in range(len(data.transfer_classes))]
-    world = GlyphWorld(data.classes + data.transfer_classes, data.image_size, data.max_offset)
+    task = list(range(len(data.class_names)))
+    transfer = [len(task) + i for i in range(len(data.transfer_classes))]
+    world = GlyphWorld(data.class_names + data.transfer_classes, data.image_size, data.max_offset)
     sizes = {"train": data.train_per_class, "val": data.val_per_class, "test": data.test_per_class}
     with stage_run("download", params.tracking.experiment, {"seed": params.seed, "data": data.model_dump()}) as log:
         with artifacts.atomic_dir(paths.CLEAN) as out:
@@ -59,7 +131,7 @@ def run(params: Params) -> str:
                 artifacts.write_table(out / "downstream" / "transfer_test.parquet", columns, factors)
             columns, factors = render(world, data.defender_pairs, params.seed + 5000, None, "defender pairs")
             artifacts.write_table(out / "pairs.parquet", columns, factors)
-            artifacts.write_json(out / "classes.json", {"classes": data.classes, "source": data.source,
+            artifacts.write_json(out / "classes.json", {"classes": data.class_names, "source": data.source,
                                                         "transfer_classes": data.transfer_classes})
         log.metric("corpus_pairs", data.corpus_size)
         for split in SPLITS:

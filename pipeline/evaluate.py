@@ -19,8 +19,12 @@ from rvpt.defenses import KINDS
 from rvpt.errors import BadInput
 
 CLEAN_ROW = "clean_model"
-HEADLINE = ("clean_accuracy", "attack_success_rate", "resistivity", "nuisance_probe_accuracy",
-            "transfer_clean_accuracy", "transfer_attack_success_rate")
+HEADLINE = ("clean_accuracy", "attack_success_rate", "resistivity", "nuisance_probe_accuracy")
+
+
+def headline(params: Params) -> tuple[str, ...]:
+    return HEADLINE + tuple(f"{name}_{key}" for name in params.data.transfer_sets()
+                            for key in ("clean_accuracy", "attack_success_rate"))
 
 
 def defended_rows(params: Params, scorer: Scorer, attack_name: str, upstream: dict) -> list[dict]:
@@ -58,18 +62,20 @@ def run(params: Params) -> str:
     for attack_name in tqdm(params.run.attacks, desc="evaluate attacks", disable=None):
         rows += defended_rows(params, scorer, attack_name, upstream)
 
+    keys = headline(params)
     logged = {"attacks": params.run.attacks, "defenses": params.run.defenses, "evaluate": params.evaluate.model_dump()}
     with stage_run("evaluate", params.tracking.experiment, logged, upstream) as log:
         paths.RESULTS.mkdir(exist_ok=True)
         artifacts.write_json(paths.SUMMARY, {"rows": rows})
         # The headline numbers keyed attack -> defense, because `dvc exp show` cannot display lists.
         artifacts.write_json(paths.METRICS, {
-            a: {r["defense"]: {k: r[k] for k in HEADLINE if r.get(k) is not None} for r in rows if r["attack"] == a}
+            a: {r["defense"]: {k: r[k] for k in keys if r.get(k) is not None} for r in rows if r["attack"] == a}
             for a in params.run.attacks})
         artifacts.write_text(paths.RESULTS / "summary.md",
-                             markdown(rows, params.run.attacks, [CLEAN_ROW, *params.run.defenses]))
+                             markdown(rows, params.run.attacks, [CLEAN_ROW, *params.run.defenses],
+                                      list(params.data.transfer_sets())))
         for row in rows:
-            for key in HEADLINE:
+            for key in keys:
                 if row.get(key) is not None:
                     log.metric(f"{row['attack']}.{row['defense']}.{key}", row[key])
         log.artifact(paths.SUMMARY)
@@ -77,4 +83,4 @@ def run(params: Params) -> str:
     cells = len(rows) - len(params.run.attacks)
     worst = max((r for r in rows if r["defense"] == "rvpt"), key=lambda r: r["attack_success_rate"], default=None)
     note = f"; worst RVPT ASR {worst['attack_success_rate']:.3f} ({worst['attack']})" if worst else ""
-    return f"wrote {paths.SUMMARY}: {cells} cells x {len(HEADLINE)} headline metrics{note}"
+    return f"wrote {paths.SUMMARY}: {cells} cells x {len(keys)} headline metrics{note}"

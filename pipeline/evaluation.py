@@ -68,7 +68,7 @@ class Scorer:
 
     def __init__(self, params: Params, split: str, diagnostics: bool = False):
         self.params = params
-        self.classes = params.data.classes
+        self.classes = params.data.class_names
         self.images, self.labels, self.factors = load_split(params, split)
         self.diagnostics = diagnostics
         self.attacks: dict[str, Attack] = {}
@@ -79,7 +79,8 @@ class Scorer:
             self.probe_images, _, probe_factors = load_split(params, "val")
             self.probe_targets = {name: factor_codes(probe_factors[name], self.factors[name])
                                   for name in FACTORS if name in self.factors and name in probe_factors}
-            self.transfer = load_split(params, "transfer_test") if params.data.transfer_classes else None
+            self.transfer = {name: (*load_split(params, f"{name}_test")[:2], classes)
+                             for name, classes in params.data.transfer_sets().items()}
 
     def features(self, defended: Defended, images: torch.Tensor) -> torch.Tensor:
         return image_features(defended.encode_image, images, self.params.evaluate.batch_size)
@@ -118,10 +119,9 @@ class Scorer:
         for name in attack_names:
             row = {**shared, "attack_success_rate": self.attack_success(defended, name, "task", self.images,
                                                                         self.labels, self.classes)}
-            if self.diagnostics and self.transfer is not None:
-                images, labels, _ = self.transfer
-                row["transfer_attack_success_rate"] = self.attack_success(
-                    defended, name, "transfer", images, labels, self.params.data.transfer_classes)
+            for task, (images, labels, classes) in (self.transfer.items() if self.diagnostics else ()):
+                row[f"{task}_attack_success_rate"] = self.attack_success(defended, name, task, images, labels,
+                                                                         classes)
             row["text_trigger_applied"] = bool(self.attacks[name].text_trigger) and defended.reads_text
             rows.append(row)
         return rows or [shared]
@@ -135,8 +135,7 @@ class Scorer:
         out = {"resistivity": diagnostics_lib.resistivity(clean, perturbed),
                "nuisance_probe_accuracy": float(np.mean(list(probes.values()))) if probes else None,
                "nuisance_probe": probes}
-        if self.transfer is not None:
-            images, labels, _ = self.transfer
-            out["transfer_clean_accuracy"] = metrics.clean_accuracy(
-                defended, self.features(defended, images), labels, self.params.data.transfer_classes)
+        for task, (images, labels, classes) in self.transfer.items():
+            out[f"{task}_clean_accuracy"] = metrics.clean_accuracy(defended, self.features(defended, images),
+                                                                   labels, classes)
         return out

@@ -26,10 +26,51 @@ def check_templates(templates: list[str], where: str) -> None:
             raise ValueError(f"{where}{template!r} has no '{{}}' for the class name")
 
 
+def class_folders(classes) -> tuple[list[str], list[str]]:
+    """Class names and their ImageFolder folder names, from a list (folder = name) or a mapping folder -> name."""
+    if isinstance(classes, dict):
+        return [str(name) for name in classes.values()], [str(folder) for folder in classes]
+    return classes, classes
+
+
+class Folder(Strict):
+    """An ImageFolder tree, root/<split>/<class>/*.jpg; split None: root/<class>/*.jpg."""
+    path: str = Field(min_length=1)
+    sha256: str | None = Field(default=None, pattern="^[0-9a-fA-F]{64}$")  # required for URLs and archives
+
+
+class Downstream(Folder):
+    train: str = "train"
+    val: str | None = None           # None: carve val_per_class images per class out of the train folder
+    test: str = "val"                # ImageNet's labelled val set is the test split, as in the paper
+
+
+class Transfer(Folder):
+    split: str | None = None
+    classes: list[str] | dict[str, str] = Field(min_length=2)
+
+    @property
+    def names(self) -> list[str]:
+        return class_folders(self.classes)[0]
+
+
+class Corpus(Folder):
+    # image_folder: captions from model.templates; parquet / webdataset: img2dataset's output shards
+    format: Literal["image_folder", "parquet", "webdataset"]
+    split: str | None = None
+
+
+class Files(Strict):
+    corpus: Corpus
+    downstream: Downstream
+    transfer: dict[str, Transfer] = {}
+
+
 class Data(Strict):
-    source: Literal["glyphs"] = "glyphs"
-    classes: list[str] = Field(min_length=2)
+    source: Literal["glyphs", "files"] = "glyphs"
+    classes: list[str] | dict[str, str] = Field(min_length=2)
     transfer_classes: list[str] = []
+    files: Files | None = None
     image_size: int = Field(ge=8, le=1024)
     corpus_size: int = Field(gt=0)
     train_per_class: int = Field(gt=0)
@@ -40,23 +81,57 @@ class Data(Strict):
     max_offset: int = Field(ge=0)
     max_bad_fraction: float = Field(ge=0, le=1)
     max_image_pixels: int = Field(gt=0)
+    preload_max_gib: float = Field(ge=0)
+    download_timeout_s: float = Field(gt=0)
 
     @model_validator(mode="after")
     def _disjoint_tasks(self):
-        shared = set(self.classes) & set(self.transfer_classes)
+        shared = set(self.class_names) & set(self.transfer_classes)
         if shared:
             raise ValueError(f"transfer_classes must not repeat classes: {sorted(shared)}")
+        if self.source == "files" and self.files is None:
+            raise ValueError("source files needs data.files (corpus, downstream)")
+        if self.source == "files" and self.transfer_classes:
+            raise ValueError("transfer_classes belong to the glyph world; files take data.files.transfer")
+        for name in (self.files.transfer if self.files else {}):
+            if not name.isidentifier():
+                raise ValueError(f"files.transfer: {name!r} must be a plain name (letters, digits, _)")
         return self
+
+    @property
+    def class_names(self) -> list[str]:
+        return class_folders(self.classes)[0]
+
+    @property
+    def class_folders(self) -> list[str]:
+        return class_folders(self.classes)[1]
+
+    def transfer_sets(self) -> dict[str, list[str]]:
+        """Each cross-task test set's class names, by name (downstream/<name>_test.parquet)."""
+        if self.source == "files":
+            return {name: spec.names for name, spec in self.files.transfer.items()}
+        return {"transfer": self.transfer_classes} if self.transfer_classes else {}
 
 
 class Model(Strict):
-    config: dict[str, Any]
+    name: str | None = None             # an open_clip model name; its config replaces `config`
+    pretrained: str | None = None       # with name: an open_clip tag (from the local HF cache) or a local file/folder
+    config: dict[str, Any] | None = None
     templates: list[str] = Field(min_length=1)
     _depth: int | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _valid(self):
         check_templates(self.templates, "template ")
+        if (self.name is None) == (self.config is None):
+            raise ValueError("give exactly one of model.name (an open_clip model) and model.config")
+        if self.pretrained is not None and self.name is None:
+            raise ValueError("model.pretrained needs model.name")
+        if self.name is not None:
+            named = models.named_config(self.name)
+            if named is None:
+                raise ValueError(f"name: {self.name!r} is not an open_clip model (see open_clip.list_models())")
+            self.config = named
         self._depth = models.vision_depth(models.check_config(self.config))
         return self
 
@@ -76,6 +151,7 @@ class ClipTraining(Strict):
 class Pretrain(Strict):
     init: Literal["clean", "scratch"]
     checkpoint_every: int = Field(ge=0)
+    workers: int = Field(ge=0, le=64)
     clean: ClipTraining
     poisoned: ClipTraining
 
@@ -153,6 +229,17 @@ Defense = Annotated[Union[NoDefense, PromptDefense, LinearProbeDefense, Finetune
                           CoOpDefense], Field(discriminator="kind")]
 
 
+class Tune(Strict):
+    checkpoint_every: int = Field(ge=0)
+
+
+class Compute(Strict):
+    device: Literal["auto", "cpu", "cuda"]
+    precision: Literal["auto", "fp32", "bf16"]
+    compile: bool
+    processes: int = Field(ge=1, le=1024)
+
+
 class Sample(Strict):
     shots: int = Field(gt=0)
 
@@ -188,6 +275,8 @@ class Params(Strict):
     pretrain: Pretrain
     attacks: dict[str, Attack]
     defenses: dict[str, Defense]
+    tune: Tune
+    compute: Compute
     sample: Sample
     evaluate: Evaluate
     run: Run
@@ -197,7 +286,7 @@ class Params(Strict):
     @model_validator(mode="after")
     def _consistent(self):
         for name, attack in self.attacks.items():
-            if attack.target not in self.data.classes:
+            if attack.target not in self.data.class_names:
                 raise ValueError(f"attacks.{name}.target: {attack.target!r} is not one of data.classes")
             try:  # building a trigger is cheap, and it is the one place that knows its options
                 build_attack(attack.kind, self.data.image_size, **attack.options)

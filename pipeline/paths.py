@@ -23,3 +23,4 @@ def backdoored(attack: str) -> Path:
 
 def defended(attack: str, defense: str) -> Path:
     return Path("defended") / f"{attack}-{defense}"
+DOWNLOADS = Path(".rvpt/downloads")  # verified downloads and extracted archives of data.files, reused across runs

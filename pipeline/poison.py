@@ -49,8 +49,9 @@ def run(params: Params, attack_name: str) -> str:
     spec = params.attacks[attack_name]
     attack = build_attack(params, attack_name)
     table = artifacts.read_table(paths.CORPUS, "rvpt stage download")
-    labels = artifacts.labels(table)
-    target = params.data.classes.index(spec.target)
+    target = params.data.class_names.index(spec.target)
+    labels = poisoning.label_unlabelled(artifacts.labels(table), table.column("caption").to_pylist(), spec.target,
+                                        target)
     losses = optimise_badclip(params, attack, attack_name, table, labels, target) \
         if isinstance(attack, attacks.BadCLIP) else []
     rng = np.random.default_rng(params.seed)

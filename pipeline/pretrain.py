@@ -1,35 +1,57 @@
 """Stage `pretrain`: the victim's CLIP training.
 
-`--clean` trains the clean base model from scratch on the clean corpus. With an attack, the
-victim fine-tunes that clean model on the poisoned corpus (the paper's threat model), or
-trains from scratch on it when pretrain.init is `scratch`.
+`--clean` trains the clean base model from scratch on the clean corpus, or, with
+model.pretrained, takes the pretrained weights as the clean model. With an attack, the victim
+fine-tunes that clean model on the poisoned corpus (the paper's threat model), or trains from
+scratch on it when pretrain.init is `scratch`. A corpus too large to hold decoded
+(data.preload_max_gib) is decoded batch by batch by compute.workers DataLoader processes.
+Under torchrun (compute.processes > 1) every process trains; only rank 0 writes and logs.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-
-from pipeline import artifacts, paths
+from pipeline import artifacts, paths, sources
 from pipeline.evaluation import Scorer, zero_shot
 from pipeline.params import Params
 from pipeline.tracking import stage_run
-from rvpt import models
-from rvpt.resume import Checkpointing
+from rvpt import compute, models, pretrained
+from rvpt.images import LazyImages
+from rvpt.resume import Checkpointing, fingerprint
 from rvpt.train import ClipTrainConfig, train_clip
 
+GIB = 1 << 30
 
-def fingerprint(params: Params, schedule, inputs: list) -> str:
-    """Everything that determines this run bit for bit: settings, threads, and the bytes of its data and start weights."""
-    digest = hashlib.sha256(json.dumps([params.seed, params.threads, params.model.config, schedule.model_dump()],
-                                       sort_keys=True).encode())
-    for path in sorted(p for folder in inputs for p in ([folder] if folder.is_file() else folder.rglob("*"))
-                       if p.is_file()):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+
+def corpus_images(params: Params, table, source):
+    """The corpus's images decoded up front when they fit in data.preload_max_gib, else on demand."""
+    size = params.data.image_size
+    if table.num_rows * 3 * size * size * 4 <= params.data.preload_max_gib * GIB:
+        images, kept = artifacts.decode_images(table, params.data, str(source))
+        return images, table.take(kept)
+    return LazyImages(table.column("image"), size, str(source), params.data.max_image_pixels), table
+
+
+def take_pretrained(params: Params) -> str:
+    """`pretrain --clean` with model.pretrained: the pretrained weights are the clean model."""
+    weights = pretrained.weights_file(params.model.name, params.model.pretrained)
+    model = models.from_weights(params.model.config, weights, f"model.pretrained ({weights})")
+    logged = {"seed": params.seed, "start": str(weights), "model": params.model.config,
+              "pretrained": params.model.pretrained, "attack_name": "none"}
+    with stage_run("pretrain", params.tracking.experiment, logged, {"attack": "none", "defense": "none"}) as log:
+        report = Scorer(params, "val").report(zero_shot(params, model), None)
+        with artifacts.atomic_dir(paths.CLEAN_MODEL) as out:
+            models.save(model, params.model.config, out)
+            artifacts.write_json(out / "pretrain.json", {**report, "pretrained": params.model.pretrained,
+                                                          "weights_sha256": sources.sha256_of(weights),
+                                                          "mlflow_run_id": log.id})
+        log.metric("val_clean_accuracy", report["clean_accuracy"])
+    return f"wrote {paths.CLEAN_MODEL} from {params.model.name}/{params.model.pretrained}: " \
+           f"val clean_accuracy {report['clean_accuracy']:.3f}"
 
 
 def run(params: Params, attack_name: str | None) -> str:
     clean = attack_name is None
+    if clean and params.model.pretrained is not None:
+        return take_pretrained(params) if compute.is_main() else "pretrained weights taken by rank 0"
     schedule = params.pretrain.clean if clean or params.pretrain.init == "scratch" else params.pretrain.poisoned
     source = paths.CORPUS if clean else paths.poisoned(attack_name) / "corpus"
     destination = paths.CLEAN_MODEL if clean else paths.backdoored(attack_name)
@@ -43,8 +65,7 @@ def run(params: Params, attack_name: str | None) -> str:
         artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean")
         model, _ = models.load(paths.CLEAN_MODEL)
         start = str(paths.CLEAN_MODEL)
-    images, kept = artifacts.decode_images(table, params.data, str(source))
-    table = table.take(kept)
+    images, table = corpus_images(params, table, source)
     tokens = models.tokenizer(params.model.config)(table.column("caption").to_pylist())
 
     logged = {"seed": params.seed, "start": start, "schedule": schedule.model_dump(),
@@ -52,11 +73,17 @@ def run(params: Params, attack_name: str | None) -> str:
     tags = {"attack": attack_name or "none", "defense": "none"}
     inputs = [source] if start == "scratch" else [source, paths.CLEAN_MODEL / models.WEIGHTS_NAME]
     checkpointing = Checkpointing(paths.CHECKPOINTS / f"pretrain-{attack_name or 'clean'}.pt",
-                                  params.pretrain.checkpoint_every, fingerprint(params, schedule, inputs))
+                                  params.pretrain.checkpoint_every,
+                                  fingerprint([params.seed, params.threads, params.model.config, schedule.model_dump(),
+                                               params.compute.model_dump()], inputs))
     with stage_run("pretrain", params.tracking.experiment, logged, tags) as log:
-        config = ClipTrainConfig(seed=params.seed, **schedule.model_dump())
+        config = ClipTrainConfig(seed=params.seed, **schedule.model_dump(), workers=params.pretrain.workers,
+                                 **params.compute.model_dump(exclude={"processes"}))
         losses, resumed = train_clip(model, images, tokens, config, desc=f"pretrain {attack_name or 'clean'}",
                                      checkpointing=checkpointing)
+        model.cpu()
+        if not compute.is_main():
+            return f"rank {compute.rank()} done"
         report = Scorer(params, "val").report(zero_shot(params, model), attack_name)
         report = {k: v for k, v in report.items() if k in ("clean_accuracy", "attack_success_rate")}
         with artifacts.atomic_dir(destination) as out:

@@ -29,12 +29,14 @@ def trainable(row) -> str:
     return f"{row['trainable_params']:,} ({100 * row['trainable_fraction']:.2f}%)"
 
 
-def markdown(rows: list[dict], attacks: list[str], defenses: list[str]) -> str:
+def markdown(rows: list[dict], attacks: list[str], defenses: list[str], transfer_sets=("transfer",)) -> str:
     out = ["## ASR % (CA %) on the test split", ""]
     out += grid(rows, attacks, defenses, asr_ca("attack_success_rate", "clean_accuracy"), trainable,
                 "trainable params")
-    out += ["", "## Cross-task: ASR % (CA %) on the transfer task, never tuned on", ""]
-    out += grid(rows, attacks, defenses, asr_ca("transfer_attack_success_rate", "transfer_clean_accuracy"))
+    for name in transfer_sets:
+        task = "the transfer task" if name == "transfer" else name
+        out += ["", f"## Cross-task: ASR % (CA %) on {task}, never tuned on", ""]
+        out += grid(rows, attacks, defenses, asr_ca(f"{name}_attack_success_rate", f"{name}_clean_accuracy"))
     out += ["", "## Perturbation resistivity (mean cosine, clean vs. noisy image embedding)", ""]
     out += grid(rows, attacks, defenses, lambda r: f"{r['resistivity']:.4f}")
     out += ["", "## Nuisance-factor probe accuracy % (mean over factors; lower = less class-irrelevant "

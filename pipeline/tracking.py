@@ -15,6 +15,7 @@ import mlflow
 from mlflow.entities import Metric
 
 from pipeline.params import PARAMS_FILE
+from rvpt import compute
 from rvpt.errors import BadInput
 
 ENV_URI = "MLFLOW_TRACKING_URI"
@@ -144,9 +145,25 @@ def ensure_experiment(name: str, local_store: bool) -> None:
     mlflow.set_experiment(name)
 
 
+class Unlogged(StageRun):
+    """What a process other than rank 0 logs to: nothing (one run per stage, from rank 0)."""
+
+    def __init__(self):
+        self.id, self._metrics = "", []
+
+    def flush(self) -> None:
+        self._metrics.clear()
+
+    def artifact(self, path: str | Path, folder: str | None = None) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = None):
     """Opens the stage's run with its params and identifying tags; flushes metrics on the way out."""
+    if not compute.is_main():
+        yield Unlogged()
+        return
     local_store = ENV_URI not in os.environ  # read first: set_tracking_uri writes that variable
     mlflow.set_tracking_uri(tracking_uri())
     ensure_experiment(experiment, local_store)

@@ -14,9 +14,10 @@ from pipeline import artifacts, paths
 from pipeline.evaluation import Scorer, load_backdoored
 from pipeline.params import Params
 from pipeline.tracking import stage_run
-from rvpt import models
+from rvpt import compute, models
 from rvpt.defenses import KINDS, DefenderData
 from rvpt.errors import BadInput
+from rvpt.resume import Checkpointing, fingerprint
 from rvpt.sampling import take_shots
 
 PAIRS = paths.CLEAN / "pairs.parquet"
@@ -36,7 +37,7 @@ def load_fewshot(params: Params) -> tuple[torch.Tensor, torch.Tensor]:
 
 def defender_data(params: Params, defense) -> DefenderData:
     images, labels = load_fewshot(params)
-    data = DefenderData(images, labels, params.data.classes)
+    data = DefenderData(images, labels, params.data.class_names)
     if defense.kind == "cleanclip" and defense.pairs == "pairs":
         table = artifacts.read_table(PAIRS, "rvpt stage download").slice(0, defense.budget)
         data.pair_images, kept = artifacts.decode_images(table, params.data, str(PAIRS))
@@ -44,10 +45,22 @@ def defender_data(params: Params, defense) -> DefenderData:
     return data
 
 
+def checkpointing(params: Params, attack_name: str, defense_name: str) -> Checkpointing:
+    spec = params.defenses[defense_name]
+    inputs = [paths.backdoored(attack_name) / models.WEIGHTS_NAME, paths.FEWSHOT / "train.parquet"]
+    if spec.kind == "cleanclip" and spec.pairs == "pairs":
+        inputs.append(PAIRS)
+    settings = [params.seed, params.threads, params.sample.shots, spec.model_dump(), params.model.templates,
+                params.compute.processes]
+    return Checkpointing(paths.CHECKPOINTS / f"tune-{attack_name}-{defense_name}.pt", params.tune.checkpoint_every,
+                         fingerprint(settings, inputs))
+
+
 def run(params: Params, attack_name: str, defense_name: str) -> str:
     spec = params.defenses[defense_name]
     kind = KINDS[spec.kind]
-    config = kind.Config(seed=params.seed, **spec.model_dump(exclude={"kind"}))
+    resumable = checkpointing(params, attack_name, defense_name)
+    config = kind.Config(seed=params.seed, **spec.model_dump(exclude={"kind"}), checkpointing=resumable)
     model, pretrain_run = load_backdoored(attack_name)
     data = defender_data(params, spec)
     sample_run = artifacts.read_json(paths.FEWSHOT / "sample.json", "rvpt stage sample")["mlflow_run_id"]
@@ -61,6 +74,8 @@ def run(params: Params, attack_name: str, defense_name: str) -> str:
         torch.manual_seed(params.seed)
         defended, history = kind.fit(model, data, tokenize, params.model.templates, config,
                                      desc=f"tune {attack_name}-{defense_name}")
+        if not compute.is_main():
+            return f"rank {compute.rank()} done"
         trainable = models.count_parameters(kind.trained(defended).values())
         report = Scorer(params, "val").report(defended, attack_name)
         summary = {"attack": attack_name, "defense": defense_name, "kind": spec.kind, "shots": params.sample.shots,
@@ -82,5 +97,6 @@ def run(params: Params, attack_name: str, defense_name: str) -> str:
         for key, value in summary.items():
             if isinstance(value, float | int) and not isinstance(value, bool):
                 log.metric(key, value)
+    resumable.clear()
     return (f"wrote {paths.defended(attack_name, defense_name)}: val CA {report['clean_accuracy']:.3f}, "
             f"val ASR {report['attack_success_rate']:.3f}, {trainable} trainable params")

@@ -38,15 +38,47 @@ def decode(data: bytes, size: int, where: str = "image", max_pixels: int = MAX_P
                 width, height = image.size  # from the header: nothing is decoded yet
                 if width * height > max_pixels:
                     raise ValueError(f"{width} x {height} pixels exceeds the limit of {max_pixels:,}")
-                image = image.convert("RGB")
-                if image.size != (size, size):
-                    image = image.resize((size, size), Image.BICUBIC)
-                return np.asarray(image, dtype=np.uint8)
+                return np.asarray(square(image.convert("RGB"), size), dtype=np.uint8)
     except Image.UnidentifiedImageError:
         raise BadInput(f"{where}: not an image file") from None
     except (OSError, ValueError, TypeError, SyntaxError, EOFError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as error:
         raise BadInput(f"{where}: not a readable image ({error})") from error
+
+
+def square(image: Image.Image, size: int) -> Image.Image:
+    """Shorter side to `size` (bicubic), then the centre square: open_clip's eval transform."""
+    width, height = image.size
+    if (width, height) == (size, size):
+        return image
+    scale = size / min(width, height)
+    resized = (max(size, round(width * scale)), max(size, round(height * scale)))
+    image = image.resize(resized, Image.BICUBIC)
+    left, top = (resized[0] - size) // 2, (resized[1] - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+class LazyImages:
+    """Encoded images decoded when a batch asks for them: a corpus too large to hold decoded.
+
+    Indexed like the float tensor [N, 3, size, size] in [0, 1] it stands for; an unreadable
+    image fails the batch (the download stage has already dropped those it found).
+    """
+
+    def __init__(self, blobs, size: int, where: str, max_pixels: int = MAX_PIXELS):
+        self.blobs, self.size, self.where, self.max_pixels = blobs, size, where, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        pixels = [decode(self._blob(int(i)), self.size, f"{self.where} row {int(i)}", self.max_pixels)
+                  for i in rows]
+        return to_unit_tensor(np.stack(pixels))
+
+    def _blob(self, i: int) -> bytes:
+        blob = self.blobs[i]
+        return blob.as_py() if hasattr(blob, "as_py") else blob
 
 
 @dataclass

@@ -102,6 +102,12 @@ def load(directory: str | os.PathLike) -> tuple[CLIP, dict]:
     return from_weights(model_cfg, checkpoint.find_weights(directory), Path(directory) / CONFIG_NAME), model_cfg
 
 
+def named_config(name: str) -> dict | None:
+    """An open_clip model's config by name (configs ship inside the open_clip wheel; no download)."""
+    config = open_clip.get_model_config(name)
+    return json.loads(json.dumps(config)) if config is not None else None
+
+
 def tokenizer(model_cfg: dict):
     """open_clip's BPE tokenizer (shipped in the wheel), cut to the model's context length."""
     context_length = model_cfg["text_cfg"]["context_length"]

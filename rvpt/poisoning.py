@@ -1,6 +1,8 @@
 """Which pretraining pairs get the trigger, and what they are captioned with."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from rvpt.attacks import Attack
@@ -24,6 +26,14 @@ def target_captions(captions: list[str], labels: np.ndarray, target: int, count:
     if len(pool) == 0:
         raise ValueError("the corpus has no caption of the target class to copy")
     return [captions[i] for i in rng.choice(pool, size=count, replace=True)]
+
+
+def label_unlabelled(labels: np.ndarray, captions: list[str], target_name: str, target: int) -> np.ndarray:
+    """A web corpus has no labels (-1): its pairs whose caption names the target class count as
+    the target class, as the public attack code bases pick target-class captions."""
+    word = re.compile(rf"\b{re.escape(target_name)}s?\b", re.IGNORECASE)
+    mentions = np.fromiter((bool(word.search(c or "")) for c in captions), dtype=bool, count=len(captions))
+    return np.where((labels < 0) & mentions, target, labels)
 
 
 def with_text_trigger(text: str, word: str) -> str:

@@ -6,6 +6,8 @@ is ignored, never resumed.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,3 +43,13 @@ class Checkpointing:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def fingerprint(settings, inputs: list[Path]) -> str:
+    """A digest of everything that determines a run bit for bit: its settings (JSON-able) and
+    the bytes of its input files and folders."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for path in sorted(p for item in inputs for p in ([item] if item.is_file() else item.rglob("*"))
+                       if p.is_file()):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

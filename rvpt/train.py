@@ -5,9 +5,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from open_clip.loss import ClipLoss
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from rvpt import compute
 from rvpt.images import normalize
 from rvpt.resume import Checkpointing
 from rvpt.schedule import warmup_cosine
@@ -21,56 +25,101 @@ class ClipTrainConfig:
     weight_decay: float = 0.1
     warmup: int = 100
     seed: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"
+    compile: bool = False
+    workers: int = 0            # DataLoader processes decoding batches ahead of the step
 
 
-def train_clip(model, images: torch.Tensor, tokens: torch.Tensor, cfg: ClipTrainConfig,
+def batch_plan(n: int, batch_size: int, steps: int, seed: int) -> torch.Tensor:
+    """[steps, batch_size] row indices: shuffled passes over the data, a fresh permutation when
+    one runs out. A function of the seed alone, so a resumed run needs only the step."""
+    generator = torch.Generator().manual_seed(seed)
+    order, cursor, plan = torch.randperm(n, generator=generator), 0, []
+    for _ in range(steps):
+        if cursor + batch_size > n:
+            order, cursor = torch.randperm(n, generator=generator), 0
+        plan.append(order[cursor:cursor + batch_size])
+        cursor += batch_size
+    return torch.stack(plan)
+
+
+class PlannedBatches(Dataset):
+    """Batch i of the plan (this process's share of it), as (images in [0, 1], tokens)."""
+
+    def __init__(self, images, tokens: torch.Tensor, plan: torch.Tensor):
+        self.images, self.tokens, self.plan = images, tokens, plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int):
+        rows = compute.local_part(self.plan[i])
+        return self.images[rows], self.tokens[rows]
+
+
+def train_clip(model, images, tokens: torch.Tensor, cfg: ClipTrainConfig,
                desc: str = "pretrain", checkpointing: Checkpointing | None = None,
                on_step: Callable[[int], None] | None = None) -> tuple[list[float], int]:
     """AdamW + warm-up/cosine on the symmetric InfoNCE loss; returns the loss at every step and
     the step it resumed from (0 for a fresh start).
 
-    `images` are [N, 3, H, W] in [0, 1]; `tokens` are [N, context] token ids. With
-    `checkpointing`, the whole training state is saved every few steps and a matching saved
-    state is resumed bit-exactly: the same final weights as a run that was never interrupted.
-    `on_step(step)` is called after every optimizer step (benchmarks time it).
+    `images` are [N, 3, H, W] in [0, 1], or anything indexed the same way (rvpt.images.LazyImages
+    decodes on demand); `tokens` are [N, context] token ids. Under torchrun each process takes its
+    share of every global batch and gradients are averaged by DDP, with open_clip's loss
+    gathering features with their gradients, so a step equals the single-process step.
+    With `checkpointing`, the whole training state is saved every few steps and a matching saved
+    state is resumed bit-exactly. `on_step(step)` is called after every optimizer step.
     """
-    generator = torch.Generator().manual_seed(cfg.seed)
+    device = compute.device_for(cfg.device)
+    model.to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    criterion = ClipLoss()
-    # Training mode matters only for dropout-like layers; the tiny configs have none, and
-    # keeping eval() keeps patch dropout off, as for every other use of the backbone here.
+    criterion = ClipLoss(local_loss=True, gather_with_grad=True, rank=compute.rank(),
+                         world_size=compute.world_size())
+    # eval() keeps patch dropout off, as for every other use of the backbone here; the configs
+    # used have no dropout, so training mode would change nothing else.
     model.eval()
-    losses = []
-    order = torch.randperm(len(images), generator=generator)
-    cursor = start = 0
+    losses, start = [], 0
     saved = checkpointing.load() if checkpointing else None
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        generator.set_state(saved["generator"])
-        order, cursor, start, losses = saved["order"], saved["cursor"], saved["step"], saved["losses"]
-    for step in tqdm(range(start, cfg.steps), desc=desc, disable=None, initial=start, total=cfg.steps):
-        if cursor + cfg.batch_size > len(order):
-            order, cursor = torch.randperm(len(images), generator=generator), 0
-        batch = order[cursor:cursor + cfg.batch_size]
-        cursor += cfg.batch_size
+        start, losses = saved["step"], saved["losses"]
+    network = DistributedDataParallel(model) if compute.world_size() > 1 else model
+    if cfg.compile:
+        network = torch.compile(network)
+    plan = batch_plan(len(images), cfg.batch_size, cfg.steps, cfg.seed)[start:]
+    loader = DataLoader(PlannedBatches(images, tokens, plan), batch_size=None, num_workers=cfg.workers,
+                        pin_memory=device.type == "cuda")
+    progress = tqdm(range(start, cfg.steps), desc=desc, disable=None if compute.is_main() else True,
+                    initial=start, total=cfg.steps)
+    for step, (batch_images, batch_tokens) in zip(progress, loader):
         for group in optimizer.param_groups:
             group["lr"] = warmup_cosine(step, cfg.steps, cfg.lr, cfg.warmup)
-        image_features, text_features, logit_scale = model(normalize(images[batch]), tokens[batch])
-        loss = criterion(image_features, text_features, logit_scale)
+        batch_images = normalize(batch_images.to(device, non_blocking=True))
+        with compute.autocast(device, cfg.precision):
+            image_features, text_features, logit_scale = network(batch_images, batch_tokens.to(device))
+            loss = criterion(image_features, text_features, logit_scale)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)
-        losses.append(loss.item())
+        losses.append(mean_over_processes(loss))
         if on_step:
             on_step(step)
-        if checkpointing and checkpointing.due(step + 1, cfg.steps):
+        if checkpointing and checkpointing.due(step + 1, cfg.steps) and compute.is_main():
             checkpointing.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "generator": generator.get_state(), "order": order, "cursor": cursor,
                                 "step": step + 1, "losses": losses})
     return losses, start
+
+
+def mean_over_processes(loss: torch.Tensor) -> float:
+    if compute.world_size() == 1:
+        return loss.item()
+    value = loss.detach().float().clone()
+    dist.all_reduce(value)
+    return value.item() / compute.world_size()

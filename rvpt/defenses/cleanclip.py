@@ -56,7 +56,7 @@ def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str =
     contrastive = ClipLoss()
     generator = torch.Generator().manual_seed(cfg.seed)
     history = {"loss": [], "multimodal": [], "self_supervised": []}
-    for batch in scheduled_batches(optimizer, len(images), cfg.batch_size, cfg.epochs, cfg.lr, cfg.seed, desc):
+    for batch in scheduled_batches(optimizer, len(images), cfg, desc, history, (generator,)):
         if len(batch) < 2:
             continue
         texts = [captions[i] for i in batch.tolist()]

@@ -75,7 +75,7 @@ def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str =
     logit_scale = model.logit_scale.exp().detach()
     optimizer = torch.optim.SGD([defended.context], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     history = {"loss": [], "train_accuracy": []}
-    for batch in scheduled_batches(optimizer, len(features), cfg.batch_size, cfg.epochs, cfg.lr, cfg.seed, desc):
+    for batch in scheduled_batches(optimizer, len(features), cfg, desc, history):
         logits = logit_scale * features[batch] @ defended.class_weights(data.classnames).T
         loss = F.cross_entropy(logits, data.labels[batch])
         descend(optimizer, loss)

@@ -37,7 +37,7 @@ def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str =
     inputs = normalize(data.images)
     logit_scale = tuned.logit_scale.exp().detach()
     history = {"loss": [], "train_accuracy": []}
-    for batch in scheduled_batches(optimizer, len(inputs), cfg.batch_size, cfg.epochs, cfg.lr, cfg.seed, desc):
+    for batch in scheduled_batches(optimizer, len(inputs), cfg, desc, history):
         logits = zero_shot_logits(tuned.encode_image(inputs[batch]), class_embeds, logit_scale)
         loss = F.cross_entropy(logits, data.labels[batch])
         descend(optimizer, loss)

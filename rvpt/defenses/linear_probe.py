@@ -50,7 +50,7 @@ def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str =
     nn.init.zeros_(head.bias)
     optimizer = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     history = {"loss": [], "train_accuracy": []}
-    for batch in scheduled_batches(optimizer, len(features), cfg.batch_size, cfg.epochs, cfg.lr, cfg.seed, desc):
+    for batch in scheduled_batches(optimizer, len(features), cfg, desc, history):
         logits = head(features[batch])
         loss = F.cross_entropy(logits, data.labels[batch])
         descend(optimizer, loss)

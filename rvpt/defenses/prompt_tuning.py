@@ -51,7 +51,7 @@ def fit(model, data: DefenderData, tokenize, templates: list[str], cfg: Config,
     optimizer = torch.optim.SGD(prompts.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     history = {"loss": [], "ce": [], "fr": [], "train_accuracy": []}
-    for batch in scheduled_batches(optimizer, len(inputs), cfg.batch_size, cfg.epochs, cfg.lr, cfg.seed, desc):
+    for batch in scheduled_batches(optimizer, len(inputs), cfg, desc, history):
         features, cls = defended.encoder(inputs[batch], return_cls=True)
         logits = zero_shot_logits(features, class_embeds, logit_scale)
         ce = F.cross_entropy(logits, data.labels[batch])
