@@ -48,7 +48,7 @@ def relaunch(processes: int) -> int:
 
 
 def execute(name: str, params_path: Path, overrides: dict, work: Callable, label: str | None = None,
-            tracked: bool = True, distributed: bool = False) -> None:
+            tracked: bool = True, distributed: bool = False, validate: bool = True) -> None:
     """Loads params (with overrides), checks the tracking server, fixes seeds and threads, and runs `work(params)`.
 
     `work` returns one summary or yields one per job (e.g. per tune cell); each is printed as
@@ -63,6 +63,9 @@ def execute(name: str, params_path: Path, overrides: dict, work: Callable, label
 
     started = time.perf_counter()
     try:
+        if not validate:  # the command writes the params file itself
+            typer.echo(f"{label}: {work(None)} ({time.perf_counter() - started:.1f} s)")
+            return
         params = params_module.load(params_path, overrides)
         if tracked:
             tracking.check_reachable(params.tracking.timeout_s)
@@ -227,6 +230,22 @@ def defend(model: str = typer.Option(..., help="Untrusted model: an open_clip lo
     execute("defend", params, {"defend.defense": ("--defense", defense)},
             lambda p: command.run(p, model, data, out, config, sha256, data_sha256, classnames, cache),
             label="rvpt defend", tracked=False)
+
+
+@app.command()
+def profile(name: str = typer.Argument(..., help="Profile in profiles/ (paper)."),
+            imagenet: Path = typer.Option(..., help="ImageNet as ImageFolder: train/<wnid>/*, val/<wnid>/*."),
+            imagenet_classes: Path = typer.Option(..., help="wnid -> name lines (LOC_synset_mapping.txt)."),
+            cc3m: Path = typer.Option(..., help="img2dataset webdataset shards of CC3M (*.tar)."),
+            caltech101: Path = typer.Option(..., help="Caltech101's 101_ObjectCategories folder."),
+            oxford_pets: Path = typer.Option(..., help="Oxford-IIIT Pets exported as <breed>/*.jpg folders."),
+            params: Path = PARAMS):
+    """Write params.yaml for a documented setting with your data paths; then `dvc repro` runs it."""
+    from pipeline import profile as command
+
+    execute("profile", params, {}, lambda p: command.write(
+        name, command.paper(imagenet, imagenet_classes, cc3m, caltech101, oxford_pets), params),
+        label="rvpt profile", tracked=False, validate=False)
 
 
 def invoke(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from rvpt.attacks import REGISTRY as ATTACKS
 from rvpt.attacks import build as build_attack
@@ -239,6 +239,15 @@ class Compute(Strict):
     compile: bool
     processes: int = Field(ge=1, le=1024)
 
+    @field_validator("device")
+    @classmethod
+    def _available(cls, device: str) -> str:
+        import torch
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("cuda requested, but torch sees no CUDA device (use auto or cpu)")
+        return device
+
 
 class Sample(Strict):
     shots: int = Field(gt=0)
@@ -285,6 +294,10 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
+        model_size = (self.model.config.get("vision_cfg") or {}).get("image_size")
+        if model_size is not None and model_size != self.data.image_size:
+            raise ValueError(f"data.image_size: {self.data.image_size} differs from the model's input size "
+                             f"{model_size}")
         for name, attack in self.attacks.items():
             if attack.target not in self.data.class_names:
                 raise ValueError(f"attacks.{name}.target: {attack.target!r} is not one of data.classes")

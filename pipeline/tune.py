@@ -97,6 +97,8 @@ def run(params: Params, attack_name: str, defense_name: str) -> str:
         for key, value in summary.items():
             if isinstance(value, float | int) and not isinstance(value, bool):
                 log.metric(key, value)
+        log.metric("resumed_from_step", resumable.resumed)
     resumable.clear()
-    return (f"wrote {paths.defended(attack_name, defense_name)}: val CA {report['clean_accuracy']:.3f}, "
+    resumed = f" (resumed from step {resumable.resumed})" if resumable.resumed else ""
+    return (f"wrote {paths.defended(attack_name, defense_name)}{resumed}: val CA {report['clean_accuracy']:.3f}, "
             f"val ASR {report['attack_success_rate']:.3f}, {trainable} trainable params")

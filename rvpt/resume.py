@@ -22,6 +22,7 @@ class Checkpointing:
     path: Path
     every: int
     fingerprint: str
+    resumed: int = 0  # the step the last successful load resumes from
 
     def load(self) -> dict | None:
         if self.every <= 0 or not self.path.is_file():
@@ -30,7 +31,10 @@ class Checkpointing:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception:  # a torn or foreign file: start over rather than trust it
             return None
-        return state if isinstance(state, dict) and state.get("fingerprint") == self.fingerprint else None
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
+            return None
+        self.resumed = int(state.get("step", 0))
+        return state
 
     def due(self, step: int, total: int) -> bool:
         return self.every > 0 and step % self.every == 0 and step < total

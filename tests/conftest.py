@@ -1,11 +1,15 @@
+import contextlib
 import copy
 import functools
 import http.server
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -57,10 +61,16 @@ def smoke_params(**update) -> dict:
     return merge(merge(base, SMOKE), update)
 
 
-def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def environment(env: dict | None = None) -> dict:
+    """This environment with the venv's commands first on PATH (stages run `rvpt`), plus `env`;
+    MLflow logs to the project's own store unless `env` names a tracking URI."""
     full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     full_env.pop("MLFLOW_TRACKING_URI", None) if env is None or "MLFLOW_TRACKING_URI" not in env else None
-    result = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
+    return full_env
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=environment(env), capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
@@ -68,7 +78,7 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) 
 
 def make_project(root: Path, params: dict) -> Path:
     """A fresh git + DVC project holding this repository's pipeline and the given params."""
-    for name in ("rvpt", "pipeline"):
+    for name in ("rvpt", "pipeline", "profiles"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -114,3 +124,33 @@ def served(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield tmp_path / "www", f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, cwd: Path, *options: str):
+    """A real `mlflow server` on 127.0.0.1; yields its URL once /health answers."""
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", backend_uri, "--workers", "1", *options],
+                              cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError("mlflow server did not come up within 90 s") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

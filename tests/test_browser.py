@@ -1,14 +1,10 @@
 """`mlflow server` over the store the smoke pipeline filled, driven in headless Chromium: the
 experiment page lists the pipeline's runs, and a tune run's artifacts include its prompts."""
 import shutil
-import socket
-import subprocess
-import time
-import urllib.request
 
 import mlflow
 import pytest
-from conftest import BIN
+from conftest import mlflow_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian package `chromium`; "
@@ -18,32 +14,10 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          "--disable-component-update", "--disable-sync"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def ui(reproduced):
-    port = free_port()
-    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{reproduced / 'mlflow.db'}", "--workers", "1"],
-                              cwd=reproduced, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                pytest.fail("mlflow server did not come up within 90 s")
-            time.sleep(0.5)
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
+    with mlflow_server(f"sqlite:///{reproduced / 'mlflow.db'}", reproduced) as url:
+        yield url
 
 
 def test_mlflow_ui_lists_the_pipeline_runs_and_the_prompts_artifact(reproduced, ui):

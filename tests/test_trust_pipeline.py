@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import yaml
-from conftest import BIN, copy_of, make_project, run, smoke_params
+from conftest import BIN, copy_of, environment, make_project, run, smoke_params
 from hostile import HOSTILE_IMAGES, malicious_checkpoint
 
 from rvpt import models
@@ -92,15 +92,21 @@ def test_two_fresh_projects_give_byte_identical_results_and_prompts(reproduced, 
         assert all(torch.equal(ours[0][k], theirs[0][k]) for k in ours[0]), path
 
 
-def killed_midway(project, checkpoint):
-    """Starts `dvc repro pretrain_clean`, SIGKILLs the stage's process once it has saved a state."""
-    dvc = subprocess.Popen([str(BIN / "dvc"), "repro", "pretrain_clean"], cwd=project, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+def is_stage(process: psutil.Process, command: str) -> bool:
+    try:  # short-lived helpers (git) may be gone by the time they are looked at
+        return command in " ".join(process.cmdline()) and "python" in process.name().lower() + process.exe().lower()
+    except psutil.NoSuchProcess:
+        return False
+
+
+def killed_midway(project, checkpoint, target="pretrain_clean", command="pretrain"):
+    """Starts `dvc repro <target>`, SIGKILLs the stage's process once it has saved a state."""
+    dvc = subprocess.Popen([str(BIN / "dvc"), "repro", target], cwd=project, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env=environment())
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and dvc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    stage = [p for p in psutil.Process(dvc.pid).children(recursive=True)
-             if "pretrain" in " ".join(p.cmdline()) and "python" in p.name().lower() + p.exe().lower()]
+    stage = [p for p in psutil.Process(dvc.pid).children(recursive=True) if is_stage(p, command)]
     assert stage, "the stage finished before it could be killed"
     for process in stage:
         process.send_signal(signal.SIGKILL)
@@ -130,6 +136,31 @@ def test_pretrain_killed_midway_resumes_to_the_same_model(tmp_path):
                for s in (ours, theirs)]
     assert metrics[0] == metrics[1]
     assert "up to date" in run(["dvc", "status", "pretrain_clean"], project).stdout
+
+
+def test_tune_killed_midway_resumes_to_the_same_prompts(reproduced, tmp_path):
+    target = "tune@badnet-rvpt"
+    projects = [copy_of(reproduced, tmp_path / name) for name in ("reference", "killed")]
+    for project in projects:
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        params["defenses"]["rvpt"]["epochs"] = 500
+        params["tune"]["checkpoint_every"] = 50
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    reference, project = projects
+    run(["dvc", "repro", target], reference)
+    checkpoint = project / ".rvpt" / "checkpoints" / "tune-badnet-rvpt.pt"
+    code, output = killed_midway(project, checkpoint, target, "tune")
+    assert code != 0, output
+    assert checkpoint.exists()
+    resumed = run(["dvc", "repro", target], project)
+    assert "resumed from step" in resumed.stdout and not checkpoint.exists()
+    folder = "defended/badnet-rvpt"
+    ours, theirs = (read_safetensors(p / folder / "prompts.safetensors")[0] for p in (project, reference))
+    assert torch.equal(ours["prompts"], theirs["prompts"])
+    assert (project / folder / "loss.csv").read_bytes() == (reference / folder / "loss.csv").read_bytes()
+    summaries = [{k: v for k, v in json.loads((p / folder / "tune.json").read_text()).items() if k != "mlflow_run_id"}
+                 for p in (project, reference)]
+    assert summaries[0] == summaries[1]
 
 
 def test_an_mlflow_server_that_never_answers_fails_fast(tmp_path):

@@ -1,0 +1,69 @@
+"""`rvpt profile NAME`: writes params.yaml for a documented setting (profiles/NAME.yaml) over the
+current one, with the data paths the user gives; `dvc repro` then runs it.
+
+Class lists come from the data: ImageNet's wnid -> name file (LOC_synset_mapping.txt: "n01440764
+tench, Tinca tinca"), and the class folders of the cross-task sets. The result is validated before
+anything is written.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from pipeline import artifacts, params as params_module
+from rvpt.errors import BadInput
+
+PROFILES = Path(__file__).resolve().parents[1] / "profiles"
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def synsets(path: Path) -> dict[str, str]:
+    """wnid -> first name, from lines "n01440764 tench, Tinca tinca"."""
+    try:
+        lines = [line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip()]
+    except OSError as error:
+        raise BadInput(f"--imagenet-classes {path}: {error.strerror}") from None
+    if not lines or any(len(parts) != 2 for parts in lines):
+        raise BadInput(f"--imagenet-classes {path}: expected lines 'wnid name[, synonyms]'")
+    return {wnid: names.split(",")[0].strip() for wnid, names in lines}
+
+
+def folder_classes(root: Path, flag: str) -> dict[str, str]:
+    """Class folder -> readable name ("Abyssinian_cat" -> "Abyssinian cat"), sorted by folder."""
+    if not root.is_dir():
+        raise BadInput(f"{flag} {root}: not a folder")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(folders) < 2:
+        raise BadInput(f"{flag} {root}: expected class folders, found {len(folders)}")
+    return {folder: folder.replace("_", " ") for folder in folders}
+
+
+def paper(imagenet: Path, imagenet_classes: Path, cc3m: Path, caltech101: Path, oxford_pets: Path) -> dict:
+    """The paper profile's values that depend on the user's data."""
+    return {"data": {"classes": synsets(imagenet_classes), "files": {
+        "corpus": {"path": str(cc3m.resolve())},
+        "downstream": {"path": str(imagenet.resolve())},
+        "transfer": {"caltech101": {"path": str(caltech101.resolve()),
+                                    "classes": folder_classes(caltech101, "--caltech101")},
+                     "oxford_pets": {"path": str(oxford_pets.resolve()),
+                                     "classes": folder_classes(oxford_pets, "--oxford-pets")}}}}}
+
+
+def write(name: str, data_values: dict, params_path: Path) -> str:
+    profile = PROFILES / f"{name}.yaml"
+    if not profile.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
+        raise BadInput(f"profile {name!r}: not found (known: {known})")
+    base = yaml.safe_load(artifacts.require(params_path, "the repository").read_text())
+    merged = merge(merge(base, yaml.safe_load(profile.read_text())), data_values)
+    params_module.validate(merged, f"{params_path} with profile {name}")
+    header = f"# Written by `rvpt profile {name}` from {profile.name} over the previous params.yaml.\n"
+    artifacts.write_text(params_path, header + yaml.safe_dump(merged, sort_keys=False, allow_unicode=True))
+    return f"wrote {params_path} for profile {name} ({len(merged['data']['classes'])} classes); run `dvc repro`"
