@@ -130,12 +130,16 @@ def write_labelled(path: Path, files: list[list[Path]], per_class: int | None, c
     return writer
 
 
+def shard_files(root: Path, suffix: str) -> list[Path]:
+    files = sorted(root.rglob(f"*{suffix}")) if root.is_dir() else [root]
+    if not files:
+        raise BadInput(f"{root}: no {suffix} shards")
+    return files
+
+
 def parquet_pairs(root: Path) -> Iterator[tuple[str, bytes | None, str | None]]:
     """(name, image bytes, caption, label -1) of img2dataset Parquet shards, one record batch at a time."""
-    files = sorted(root.rglob("*.parquet")) if root.is_dir() else [root]
-    if not files:
-        raise BadInput(f"{root}: no .parquet shards")
-    for file in files:
+    for file in shard_files(root, ".parquet"):
         try:
             shard = pq.ParquetFile(str(file))
         except (pa.ArrowInvalid, OSError) as error:
@@ -155,10 +159,7 @@ def parquet_pairs(root: Path) -> Iterator[tuple[str, bytes | None, str | None]]:
 
 def webdataset_pairs(root: Path) -> Iterator[tuple[str, bytes | None, str | None]]:
     """(name, image bytes, caption, label -1) of WebDataset tar shards, read as a stream (nothing is extracted)."""
-    files = sorted(root.rglob("*.tar")) if root.is_dir() else [root]
-    if not files:
-        raise BadInput(f"{root}: no .tar shards")
-    for file in files:
+    for file in shard_files(root, ".tar"):
         try:
             with tarfile.open(file, mode="r|*") as shard:
                 key, sample = None, {}
