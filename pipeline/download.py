@@ -56,12 +56,12 @@ def from_files(params: Params) -> str:
         return datasets.local(spec, paths.DOWNLOADS, data.download_timeout_s)
 
     # Fetched and checked before the run opens: a bad URL or archive leaves no trace.
-    roots = {name: fetch(spec) for name, spec in files.transfer.items()}
-    roots[".downstream"], roots[".corpus"] = fetch(files.downstream), fetch(files.corpus)
+    transfer_roots = {name: fetch(spec) for name, spec in files.transfer.items()}
+    downstream_root, corpus_root = fetch(files.downstream), fetch(files.corpus)
     with stage_run("download", params.tracking.experiment, {"seed": seed, "data": data.model_dump()}) as log:
         with artifacts.atomic_dir(paths.CLEAN) as out:
             (out / "downstream").mkdir()
-            root, spec = roots[".downstream"], files.downstream
+            root, spec = downstream_root, files.downstream
             train = datasets.shuffled(datasets.class_files(root, spec.train, folders), seed)
             if spec.val is None:  # carved out of train before the shots are drawn, so never among them
                 val, train = [p[:data.val_per_class] for p in train], [p[data.val_per_class:] for p in train]
@@ -76,13 +76,13 @@ def from_files(params: Params) -> str:
                                                       ("test", test, data.test_per_class))}
             check.finish()
             for name, spec in files.transfer.items():
-                root = roots[name]
+                root = transfer_roots[name]
                 check = datasets.Checked(data, str(root))
                 chosen = datasets.shuffled(datasets.class_files(root, spec.split, list(spec.classes)), seed + 3)
                 sizes[name] = datasets.write_labelled(out / "downstream" / f"{name}_test.parquet", chosen,
                                                       data.test_per_class, check).close()
                 check.finish()
-            sizes["corpus"], sizes["pairs"] = corpus_from_files(params, roots[".corpus"], out)
+            sizes["corpus"], sizes["pairs"] = corpus_from_files(params, corpus_root, out)
             artifacts.write_json(out / "classes.json", {"classes": names, "folders": folders, "source": "files",
                                                         "transfer": data.transfer_sets(), "rows": sizes})
         for key, value in sizes.items():
