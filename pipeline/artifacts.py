@@ -1,13 +1,9 @@
 """Reading and writing the pipeline's artifacts: Parquet tables, JSON, atomic output folders."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pipeline import paths
+from pipeline.outputs import atomic_dir, check_writable, write_text  # noqa: F401 (the stages' one import)
 from rvpt.errors import BadInput
 from rvpt.images import decode_many, to_unit_tensor
 
@@ -42,36 +40,6 @@ def require(path: str | Path, made_by: str) -> Path:
     if not path.exists():
         raise BadInput(f"{path}: missing upstream output (made by `{made_by}`)")
     return path
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | Path):
-    """Yields a temporary sibling folder and renames it to `path` only if the block succeeds.
-
-    A stage killed midway therefore never leaves a half-written output under the final name.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*"):  # left by a run that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        yield temporary
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary)
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Writes a temporary sibling, then renames it: readers see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def write_json(path: str | Path, payload) -> None:
@@ -122,6 +90,16 @@ def read_table(path: str | Path, made_by: str) -> pa.Table:
     if missing:
         raise BadInput(f"{path}: missing columns {missing}")
     return table
+
+
+def preflight(needs) -> None:
+    """Checks every job's upstream outputs and output target before the first job runs, so that a
+    stage of several jobs (one per attack, say) refuses whole instead of failing halfway."""
+    for inputs, output in needs:
+        for path, made_by in inputs:
+            require(path, made_by)
+        check_writable(output)
+        check_writable(paths.CHECKPOINTS, "training state")
 
 
 def decode_images(table: pa.Table, data: "Data", where: str) -> tuple[torch.Tensor, np.ndarray]:

@@ -6,13 +6,12 @@ Bad input exits with code 2 and one line naming the culprit, before any output i
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
 
-from rvpt.errors import BadInput
+from pipeline.command import ARGV, bounded, execute, fail, plain, preflight, selected
 
 app = typer.Typer(help="Backdoor CLIP on purpose, defend it with RVPT, and measure both.\n\n"
                        "`dvc repro` runs the whole pipeline; `rvpt stage NAME` runs one stage of it; "
@@ -23,72 +22,6 @@ stage_app = typer.Typer(help="Run one pipeline stage (what `dvc repro` runs), wi
 app.add_typer(stage_app, name="stage")
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="Params file to read.")
-
-
-def one_line(message: str) -> str:
-    """The message with control characters (newlines included) escaped, so it stays one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-
-
-def fail(message: str) -> None:
-    typer.echo(f"rvpt: error: {one_line(message)}", err=True)
-    raise typer.Exit(2)
-
-
-ARGV: list[str] = []  # this command line's arguments, for relaunching under torchrun
-
-
-def relaunch(processes: int) -> int:
-    """Runs this same command under torchrun with `processes` processes; returns its exit code."""
-    import subprocess
-
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", "pipeline.cli", *ARGV]
-    return subprocess.run(command).returncode
-
-
-def execute(name: str, params_path: Path, overrides: dict, work: Callable, label: str | None = None,
-            tracked: bool = True, distributed: bool = False, validate: bool = True) -> None:
-    """Loads params (with overrides), checks the tracking server, fixes seeds and threads, and runs `work(params)`.
-
-    `work` returns one summary or yields one per job (e.g. per tune cell); each is printed as
-    soon as its job ends, with the seconds that job took. A `distributed` stage asked for more
-    than one process (compute.processes) relaunches itself under torchrun; only rank 0 prints.
-    """
-    import torch
-
-    from pipeline import params as params_module
-    from pipeline import tracking
-    from rvpt import compute
-
-    started = time.perf_counter()
-    try:
-        if not validate:  # the command writes the params file itself
-            typer.echo(f"{label}: {work(None)} ({time.perf_counter() - started:.1f} s)")
-            return
-        params = params_module.load(params_path, overrides)
-        if tracked:
-            tracking.check_reachable(params.tracking.timeout_s)
-        if distributed and params.compute.processes > 1 and not compute.launched_by_torchrun():
-            raise typer.Exit(relaunch(params.compute.processes))
-        compute.init()
-        torch.set_num_threads(params.threads)
-        torch.manual_seed(params.seed)
-        messages = work(params)
-        for message in [messages] if isinstance(messages, str) else messages:
-            if compute.is_main():
-                typer.echo(f"{label or f'rvpt stage {name}'}: {message} ({time.perf_counter() - started:.1f} s)")
-            started = time.perf_counter()
-    except BadInput as error:
-        fail(str(error))
-
-
-def selected(requested: Optional[str], configured: dict, default: list[str], flag: str) -> list[str]:
-    if requested is None:
-        return default
-    if requested not in configured:
-        raise BadInput(f"{flag}: {requested!r} is not defined in params.yaml (known: {', '.join(configured)})")
-    return [requested]
 
 
 @stage_app.command()
@@ -110,8 +43,11 @@ def poison(params: Path = PARAMS,
     """Apply an attack's trigger to a fraction of the corpus, with target-class captions."""
     from pipeline import poison as stage
 
+    attack = plain(attack, "--attack")
+
     def work(p):
         names = selected(attack, p.attacks, p.run.attacks, "--attack")
+        preflight(stage.needs(p, name) for name in names)
         return (stage.run(p, name) for name in names)
 
     key = f"attacks.{attack}" if attack else None
@@ -129,10 +65,12 @@ def pretrain(params: Path = PARAMS,
     """Train the clean CLIP, or fine-tune it on a poisoned corpus (the victim's training)."""
     from pipeline import pretrain as stage
 
+    attack = plain(attack, "--attack")
+
     def work(p):
-        if clean:
-            return stage.run(p, None)
-        return (stage.run(p, name) for name in selected(attack, p.attacks, p.run.attacks, "--attack"))
+        names = [None] if clean else selected(attack, p.attacks, p.run.attacks, "--attack")
+        preflight(stage.needs(p, name) for name in names)
+        return (stage.run(p, name) for name in names)
 
     if clean and attack:
         fail("--clean and --attack exclude each other")
@@ -165,9 +103,12 @@ def tune(params: Path = PARAMS,
     """
     from pipeline import tune as stage
 
+    attack, defense = plain(attack, "--attack"), plain(defense, "--defense")
+
     def work(p):
         attacks = selected(attack, p.attacks, p.run.attacks, "--attack")
         defenses = selected(defense, p.defenses, p.run.defenses, "--defense")
+        preflight(stage.needs(p, a, d) for a in attacks for d in defenses)
         return (stage.run(p, a, d) for a in attacks for d in defenses)
 
     settings = {"alpha": alpha, "epochs": epochs, "tokens": tokens, "first_block": first_block, "lr": lr}
@@ -227,6 +168,7 @@ def defend(model: str = typer.Option(..., help="Untrusted model: an open_clip lo
     """
     from pipeline import defend as command
 
+    defense = plain(defense, "--defense")
     execute("defend", params, {"defend.defense": ("--defense", defense)},
             lambda p: command.run(p, model, data, out, config, sha256, data_sha256, classnames, cache),
             label="rvpt defend", tracked=False)
@@ -262,7 +204,7 @@ def invoke(argv: list[str] | None = None) -> int:
         code = 0
     except ClickException as error:
         where = f"{error.ctx.command_path}: " if getattr(error, "ctx", None) else ""
-        typer.echo(f"rvpt: error: {one_line(where + ' '.join(error.format_message().split()))}", err=True)
+        typer.echo(f"rvpt: error: {bounded(where + ' '.join(error.format_message().split()))}", err=True)
         code = error.exit_code
     except typer.Exit as exit_:
         code = exit_.exit_code

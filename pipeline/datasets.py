@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from pipeline import artifacts, sources
 from rvpt.errors import BadInput
-from rvpt.images import decode
+from rvpt.images import decode_image, read_file
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "image")
 CAPTION_KEYS = ("txt", "caption", "text")
@@ -72,18 +72,21 @@ class Checked:
     """Decodes each image once; counts and names the unreadable ones, refusing past the allowed share."""
 
     def __init__(self, data, where: str):
-        self.data, self.where, self.seen, self.skipped = data, where, 0, []
+        self.data, self.where, self.seen, self.skipped, self.scaled = data, where, 0, [], 0
 
-    def readable(self, blob: bytes | None, name: str) -> bool:
+    def readable(self, blob: bytes | Path | None, name: str) -> bytes | None:
+        """The image's bytes when it decodes, else None (counted and named)."""
         self.seen += 1
         try:
             if blob is None:
                 raise BadInput(f"{name}: no image bytes")
-            decode(blob, self.data.image_size, name, self.data.max_image_pixels)
-            return True
+            if isinstance(blob, Path):
+                blob = read_file(blob, name, self.data.max_image_pixels)
+            self.scaled += decode_image(blob, self.data.image_size, name, self.data.max_image_pixels)[1]
+            return blob
         except BadInput as error:
             self.skipped.append(str(error))
-            return False
+            return None
 
     def finish(self) -> None:
         if self.skipped and len(self.skipped) > self.data.max_bad_fraction * self.seen:
@@ -92,6 +95,8 @@ class Checked:
         if self.skipped:
             artifacts.warn(f"{self.where}: skipped {len(self.skipped)} of {self.seen} unreadable images "
                            f"(first: {self.skipped[0]})")
+        if self.scaled:
+            artifacts.warn(f"{self.where}: scaled {self.scaled} 16-bit or float images to 8 bits")
 
 
 def local(spec, cache: Path, timeout: float) -> Path:
@@ -105,8 +110,7 @@ def class_files(root: Path, split: str | None, folders: list[str]) -> list[list[
     missing = [f for f in folders if not (base / f).is_dir()]
     if missing:
         raise BadInput(f"{base}: no class folder {missing[0]!r} ({len(missing)} of {len(folders)} missing)")
-    return [sorted(p for p in (base / f).rglob("*") if p.is_file() and p.suffix.lower() in sources.IMAGE_SUFFIXES)
-            for f in folders]
+    return [sources.image_files(base / f, root) for f in folders]
 
 
 def shuffled(files: list[list[Path]], seed: int) -> list[list[Path]]:
@@ -123,8 +127,8 @@ def write_labelled(path: Path, files: list[list[Path]], per_class: int | None, c
         for file in paths:
             if per_class is not None and taken >= per_class:
                 break
-            blob = file.read_bytes()
-            if check.readable(blob, str(file)):
+            blob = check.readable(file, str(file))
+            if blob is not None:
                 writer.add(blob, captions(label) if captions else "", label)
                 taken += 1
     return writer
@@ -193,7 +197,7 @@ def folder_pairs(files: list[list[Path]], templates: list[str], names: list[str]
     for i in rng.permutation(len(rows)):
         path, label = rows[i]
         template = templates[rng.integers(len(templates))]
-        yield str(path), path.read_bytes(), template.format(names[label]), label
+        yield str(path), path, template.format(names[label]), label
 
 
 def write_pairs(pairs: Iterator, writers: list[tuple[TableWriter, int]], check: Checked) -> None:
@@ -207,5 +211,5 @@ def write_pairs(pairs: Iterator, writers: list[tuple[TableWriter, int]], check: 
             if caption is None:
                 check.seen += 1
                 check.skipped.append(f"{name}: no caption")
-            elif check.readable(blob, name):
+            elif (blob := check.readable(blob, name)) is not None:
                 writer.add(blob, caption, label)

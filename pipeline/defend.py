@@ -17,6 +17,7 @@ import torch
 
 from pipeline import artifacts, sources
 from pipeline.params import Params
+from pipeline.params_data import check_names
 from rvpt import checkpoint, metrics, models
 from rvpt.defenses import KINDS, DefenderData, ZeroShot
 from rvpt.errors import BadInput
@@ -31,8 +32,8 @@ def model_config(config: str | None, weights: Path) -> dict:
     path = Path(config)
     if path.is_file():
         try:
-            loaded = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            loaded = json.loads(read_file(path))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
             raise BadInput(f"{path}: not valid JSON ({error})") from None
         loaded = loaded.get("model_cfg", loaded) if isinstance(loaded, dict) else loaded
         if not isinstance(loaded, dict):
@@ -67,10 +68,13 @@ def read_folder(root: Path, holdout: float, seed: int, size: int, data):
         raise BadInput(f"{root}: train/ and test/ hold different class folders")
     entries = [(label, path, part == "test") for part, (_, files) in zip(parts, found)
                for label, name in enumerate(classes) for path in files[name]]
-    decoded = decode_many([path.read_bytes() for _, path, _ in entries], size, str(root), data.max_bad_fraction,
+    # Paths, not bytes: each file is size-checked and its header read before its body.
+    decoded = decode_many([path for _, path, _ in entries], size, str(root), data.max_bad_fraction,
                           data.max_image_pixels, names=[str(path) for _, path, _ in entries])
     for message in decoded.skipped:
         artifacts.warn(f"skipped {message}")
+    if decoded.scaled:
+        artifacts.warn(f"{root}: scaled {decoded.scaled} 16-bit or float images to 8 bits")
     labels = np.array([entries[i][0] for i in decoded.kept])
     held = np.array([entries[i][2] for i in decoded.kept])
     if not given:
@@ -87,15 +91,28 @@ def read_folder(root: Path, holdout: float, seed: int, size: int, data):
 
 def class_names(classes: list[str], names_file: Path | None) -> list[str]:
     if names_file is None:
-        return [name.replace("_", " ") for name in classes]
+        names, where = [name.replace("_", " ") for name in classes], "class folders"
+    else:
+        try:
+            names = [line.strip() for line in read_file(names_file).splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as error:
+            raise BadInput(f"{names_file}: unreadable ({error})") from None
+        if len(names) != len(classes):
+            raise BadInput(f"{names_file}: {len(names)} names for {len(classes)} class folders (one per line, "
+                           f"in sorted folder order)")
+        where = str(names_file)
     try:
-        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as error:
-        raise BadInput(f"{names_file}: unreadable ({error})") from None
-    if len(names) != len(classes):
-        raise BadInput(f"{names_file}: {len(names)} names for {len(classes)} class folders (one per line, "
-                       f"in sorted folder order)")
+        check_names(names, where)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
     return names
+
+
+def read_file(path: Path, limit: int = 1 << 20) -> str:
+    """A small text file the user names; a huge file or a device is refused rather than read."""
+    if not path.is_file() or path.stat().st_size > limit:
+        raise OSError(f"not a regular file of at most {limit:,} bytes")
+    return path.read_text()
 
 
 def run(params: Params, model_source: str, data_source: str, out: Path, config: str | None,
@@ -105,6 +122,7 @@ def run(params: Params, model_source: str, data_source: str, out: Path, config: 
         raise BadInput(f"defend.defense: {params.defend.defense!r} needs image-text pairs; use pairs: fewshot")
     if out.exists() and not (out / "defend.json").is_file():
         raise BadInput(f"--out {out}: exists and is not an earlier `rvpt defend` output; it would be replaced")
+    artifacts.check_writable(out, "--out")
     timeout = params.defend.download_timeout_s
     model, model_cfg, weights = load_model(model_source, config, model_sha256, cache, timeout)
     depth = models.vision_depth(model)

@@ -45,6 +45,7 @@ def render(world: GlyphWorld, count: int, seed: int, labels: list[int] | None, d
 
 
 def run(params: Params) -> str:
+    artifacts.check_writable(paths.CLEAN)
     return from_files(params) if params.data.source == "files" else from_glyphs(params)
 
 

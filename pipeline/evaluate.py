@@ -52,6 +52,7 @@ def defended_rows(params: Params, scorer: Scorer, attack_name: str, upstream: di
 
 
 def run(params: Params) -> str:
+    artifacts.check_writable(paths.RESULTS)
     scorer = Scorer(params, "test", diagnostics=True)
     clean_model, _ = models.load(artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean"))
     rows = [{"attack": attack, "defense": CLEAN_ROW, "kind": "none", "shots": 0, **metrics,

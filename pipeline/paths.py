@@ -1,5 +1,23 @@
 """Where every artifact lives, relative to the repository root; dvc.yaml uses the same layout."""
+import re
 from pathlib import Path
+
+from rvpt.errors import BadInput
+
+# Attack and defense names become folder names (models/<attack>, defended/<attack>-<defense>), so
+# they are plain words: no separators, dots or hyphens, which also keeps <attack>-<defense> unique.
+NAME = re.compile(r"[a-z0-9][a-z0-9_]{0,47}")
+RESERVED = {"clean"}  # models/clean is the clean model
+
+
+def check_name(name: object, what: str) -> str:
+    """The name, if it is a plain word that is safe as a folder name; else BadInput (a ValueError) naming `what`."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
+        raise BadInput(f"{what} {shown} must be 1-48 of a-z, 0-9 and _, starting with a letter or digit")
+    if name in RESERVED:
+        raise BadInput(f"{what} {name!r} is reserved ({', '.join(sorted(RESERVED))})")
+    return name
 
 CLEAN = Path("data/clean")
 CORPUS = CLEAN / "corpus"
@@ -14,13 +32,13 @@ CHECKPOINTS = Path(".rvpt/checkpoints")  # training state for resuming; not an o
 
 
 def poisoned(attack: str) -> Path:
-    return Path("data/poisoned") / attack
+    return Path("data/poisoned") / check_name(attack, "attack")
 
 
 def backdoored(attack: str) -> Path:
-    return Path("models") / attack
+    return Path("models") / check_name(attack, "attack")
 
 
 def defended(attack: str, defense: str) -> Path:
-    return Path("defended") / f"{attack}-{defense}"
+    return Path("defended") / f"{check_name(attack, 'attack')}-{check_name(defense, 'defense')}"
 DOWNLOADS = Path(".rvpt/downloads")  # verified downloads and extracted archives of data.files, reused across runs

@@ -45,6 +45,14 @@ def optimise_badclip(params: Params, attack: attacks.BadCLIP, name: str, table, 
                                   decode(targets), text, config)
 
 
+def needs(params: Params, attack_name: str):
+    """Upstream outputs (with the command that makes each) and the output, for artifacts.preflight."""
+    inputs = [(paths.CORPUS, "rvpt stage download")]
+    if params.attacks[attack_name].kind == "badclip":
+        inputs.append((paths.CLEAN_MODEL, "rvpt stage pretrain --clean"))
+    return inputs, paths.poisoned(attack_name)
+
+
 def run(params: Params, attack_name: str) -> str:
     spec = params.attacks[attack_name]
     attack = build_attack(params, attack_name)

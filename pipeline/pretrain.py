@@ -48,6 +48,21 @@ def take_pretrained(params: Params) -> str:
            f"val clean_accuracy {report['clean_accuracy']:.3f}"
 
 
+def needs(params: Params, attack_name: str | None):
+    """Upstream outputs (with the command that makes each) and the output, for artifacts.preflight."""
+    inputs = [(paths.DOWNSTREAM / "val.parquet", "rvpt stage download")]
+    if attack_name is None:
+        if params.model.pretrained is None:
+            inputs.append((paths.CORPUS, "rvpt stage download"))
+        return inputs, paths.CLEAN_MODEL
+    poison = f"rvpt stage poison --attack {attack_name}"
+    inputs += [(paths.poisoned(attack_name) / "corpus", poison), (paths.poisoned(attack_name) / "trigger.safetensors",
+                                                                   poison)]
+    if params.pretrain.init == "clean":
+        inputs.append((paths.CLEAN_MODEL, "rvpt stage pretrain --clean"))
+    return inputs, paths.backdoored(attack_name)
+
+
 def run(params: Params, attack_name: str | None) -> str:
     clean = attack_name is None
     if clean and params.model.pretrained is not None:

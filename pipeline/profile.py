@@ -25,14 +25,24 @@ def merge(base: dict, update: dict) -> dict:
 
 
 def synsets(path: Path) -> dict[str, str]:
-    """wnid -> first name, from lines "n01440764 tench, Tinca tinca"."""
+    """wnid -> first name, from lines "n01440764 tench, Tinca tinca".
+
+    Class names must be unique, and ImageNet's first names are not ("crane" the bird and the
+    machine): a repeated one takes its next unused synonym, or else its wnid in brackets.
+    """
     try:
         lines = [line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip()]
-    except OSError as error:
-        raise BadInput(f"--imagenet-classes {path}: {error.strerror}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadInput(f"--imagenet-classes {path}: unreadable ({error})") from None
     if not lines or any(len(parts) != 2 for parts in lines):
         raise BadInput(f"--imagenet-classes {path}: expected lines 'wnid name[, synonyms]'")
-    return {wnid: names.split(",")[0].strip() for wnid, names in lines}
+    names, used = {}, set()
+    for wnid, synonyms in lines:
+        choices = [name.strip() for name in synonyms.split(",") if name.strip()] or [wnid]
+        name = next((c for c in choices if c.casefold() not in used), f"{choices[0]} ({wnid})")
+        names[wnid] = name
+        used.add(name.casefold())
+    return names
 
 
 def folder_classes(root: Path, flag: str) -> dict[str, str]:

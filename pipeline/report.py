@@ -93,6 +93,7 @@ def markdown_to_html(text: str) -> str:
 
 
 def run(params: Params) -> str:
+    artifacts.check_writable(PLOTS)
     rows = artifacts.read_json(paths.SUMMARY, "rvpt stage evaluate")["rows"]
     table = artifacts.require(paths.RESULTS / "summary.md", "rvpt stage evaluate").read_text()
     attacks, defenses = params.run.attacks, ["clean_model", *params.run.defenses]

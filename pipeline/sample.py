@@ -19,6 +19,7 @@ TRAIN = paths.DOWNSTREAM / "train.parquet"
 
 def run(params: Params) -> str:
     shots = params.sample.shots
+    artifacts.check_writable(paths.FEWSHOT)
     table = artifacts.read_table(TRAIN, "rvpt stage download")
     labels = artifacts.labels(table)
     try:

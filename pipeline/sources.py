@@ -16,7 +16,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from pipeline.artifacts import atomic_dir
+from pipeline.artifacts import atomic_dir, warn
 from rvpt.errors import BadInput
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
@@ -127,13 +127,40 @@ def materialise(source: str, cache: Path, sha256: str | None, timeout: float) ->
     return inside[0] if len(inside) == 1 and inside[0].is_dir() else root
 
 
+def inside(path: Path, root: Path) -> bool:
+    """Whether `path`, links resolved, lies within `root` (links resolved too)."""
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def image_files(folder: Path, root: Path) -> list[Path]:
+    """The image files below `folder`, sorted, never leaving `root` through a link.
+
+    Linked folders are not descended into; a linked file that resolves outside `root` is left
+    out, with a warning, as is a class folder that is itself such a link.
+    """
+    if not inside(folder, root):
+        raise BadInput(f"{folder}: a link out of the data root {root} (refused)")
+    found, outside = [], []
+    for parent, _, names in os.walk(folder, followlinks=False):
+        for name in names:
+            path = Path(parent) / name
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if path.is_symlink() and not inside(path, root):
+                outside.append(path)
+            elif path.is_file():
+                found.append(path)
+    if outside:
+        warn(f"{folder}: left out {len(outside)} linked files outside the data root (first: {outside[0]})")
+    return sorted(found)
+
+
 def image_folder(root: Path) -> tuple[list[str], dict[str, list[Path]]]:
     """Class folder names (sorted) and each class's image files, from the ImageFolder layout root/<class>/*."""
     if not root.is_dir():
         raise BadInput(f"{root}: not a folder of class folders")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = {name: sorted(p for p in (root / name).rglob("*")
-                          if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) for name in classes}
+    files = {name: image_files(root / name, root) for name in classes}
     empty = [name for name, paths in files.items() if not paths]
     if len(classes) < 2:
         raise BadInput(f"{root}: needs at least two class folders, found {len(classes)}")

@@ -8,18 +8,19 @@ import os
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import mlflow
 from mlflow.entities import Metric
 
+from pipeline import owner, stores
 from pipeline.params import PARAMS_FILE
 from rvpt import compute
-from rvpt.errors import BadInput
+from rvpt.errors import BadInput, shown
 
-ENV_URI = "MLFLOW_TRACKING_URI"
-
+ENV_URI = stores.ENV_URI
 
 QUEUE_DIR = Path(".dvc") / "tmp" / "exps"
 
@@ -50,13 +51,28 @@ def tracking_uri() -> str:
 
 
 def check_reachable(timeout_s: float) -> None:
-    """Fails fast, before any work, when a tracking server does not answer within `timeout_s`.
+    """Fails fast, before any work, when the tracking store cannot take this stage's run.
 
-    MLflow's own client would retry for minutes; its later requests get the same bound.
+    Every scheme MLflow accepts is checked within `timeout_s`: a server must answer, a database
+    must be reachable (or a SQLite file openable or creatable), a file store must be allowed and
+    writable. MLflow's own client would retry for minutes, or fail only after the work.
     """
     uri = tracking_uri()
-    if not uri.startswith(("http://", "https://")):
-        return
+    scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    if scheme in ("http", "https"):
+        check_server(uri, timeout_s)
+    elif scheme == "sqlite":
+        stores.check_sqlite(uri, timeout_s)
+    elif scheme.split("+")[0] in stores.DATABASE_PORTS:
+        stores.check_database(uri, timeout_s)
+    elif scheme in ("", "file") or len(scheme) == 1:  # one letter: a Windows drive
+        stores.check_file_store(uri)
+    else:
+        raise BadInput(f"{ENV_URI}={shown(uri)}: scheme {shown(scheme)} is not one rvpt can check before work "
+                       f"(use http(s)://, sqlite:///, postgresql://, mysql://, mssql:// or a folder)")
+
+
+def check_server(uri: str, timeout_s: float) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, math.ceil(timeout_s))))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     try:
@@ -66,7 +82,7 @@ def check_reachable(timeout_s: float) -> None:
         pass  # it answered; a proxy may simply not route /health
     except (OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        raise BadInput(f"MLflow tracking server {uri} did not answer within {timeout_s:g} s ({reason}); "
+        raise BadInput(f"MLflow tracking server {shown(uri)} did not answer within {timeout_s:g} s ({reason}); "
                        f"start it, or unset {ENV_URI} to log to {repo_root() / 'mlflow.db'}") from None
 
 
@@ -158,6 +174,22 @@ class Unlogged(StageRun):
         pass
 
 
+def close_orphans(stage: str, experiment: str) -> None:
+    """Marks KILLED the runs of this stage left RUNNING by a process that is gone (killed with -9,
+    say), so that `mlflow ui` shows no run as live forever. A live process's run is left alone."""
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return
+    runs = client.search_runs([found.experiment_id], f"attributes.status = 'RUNNING' and tags.`rvpt.stage` = '{stage}'",
+                              max_results=1000)
+    for run in runs:
+        tags = run.data.tags
+        recorded = {key: tags.get(f"rvpt.owner.{key}", "") for key in ("host", "pid", "started")}
+        if owner.gone(recorded):
+            client.set_terminated(run.info.run_id, "KILLED")
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = None):
     """Opens the stage's run with its params and identifying tags; flushes metrics on the way out."""
@@ -167,6 +199,7 @@ def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = Non
     local_store = ENV_URI not in os.environ  # read first: set_tracking_uri writes that variable
     mlflow.set_tracking_uri(tracking_uri())
     ensure_experiment(experiment, local_store)
+    close_orphans(stage, experiment)
     commit = git_commit()
     all_tags = {
         "rvpt.stage": stage,
@@ -174,6 +207,7 @@ def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = Non
         "dvc.stage": os.environ.get("DVC_STAGE", "manual"),
         "dvc.exp": os.environ.get("DVC_EXP_NAME", ""),
         "mlflow.source.git.commit": commit,
+        **{f"rvpt.owner.{key}": value for key, value in owner.me().items()},
         **{k: str(v) for k, v in (tags or {}).items()},
     }
     name = all_tags["dvc.stage"] if all_tags["dvc.stage"] != "manual" else stage

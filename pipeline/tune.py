@@ -56,6 +56,18 @@ def checkpointing(params: Params, attack_name: str, defense_name: str) -> Checkp
                          fingerprint(settings, inputs))
 
 
+def needs(params: Params, attack_name: str, defense_name: str):
+    """Upstream outputs (with the command that makes each) and the output, for artifacts.preflight."""
+    spec = params.defenses[defense_name]
+    inputs = [(paths.backdoored(attack_name) / "pretrain.json", f"rvpt stage pretrain --attack {attack_name}"),
+              (paths.FEWSHOT / "train.parquet", "rvpt stage sample"), (paths.FEWSHOT / "sample.json", "rvpt stage sample"),
+              (paths.poisoned(attack_name) / "trigger.safetensors", f"rvpt stage poison --attack {attack_name}"),
+              (paths.DOWNSTREAM / "val.parquet", "rvpt stage download")]
+    if spec.kind == "cleanclip" and spec.pairs == "pairs":
+        inputs.append((PAIRS, "rvpt stage download"))
+    return inputs, paths.defended(attack_name, defense_name)
+
+
 def run(params: Params, attack_name: str, defense_name: str) -> str:
     spec = params.defenses[defense_name]
     kind = KINDS[spec.kind]

@@ -38,9 +38,12 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         raise BadInput(f"{path}: missing")
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
+            tensors, metadata = {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
     except (SafetensorError, OSError, ValueError) as error:
         raise BadInput(f"{path}: not a valid safetensors file ({error})") from None
+    for key, tensor in tensors.items():
+        check_finite(tensor, key, path)
+    return tensors, metadata
 
 
 def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -64,6 +67,9 @@ def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise BadInput(f"{path}: expected a mapping of names to tensors")
     if state and all(key.startswith("module.") for key in state):
         state = {key.removeprefix("module."): value for key, value in state.items()}  # saved from DDP
+    if path.suffix != ".safetensors":  # read_safetensors has checked those
+        for key, tensor in state.items():
+            check_finite(tensor, key, path)
     return state
 
 
@@ -81,6 +87,12 @@ def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path, co
         if tensor.shape != want.shape or tensor.dtype != want.dtype:
             raise BadInput(f"{path}: {key} is {tuple(tensor.shape)} {tensor.dtype} in the checkpoint "
                            f"but {tuple(want.shape)} {want.dtype} in the config{config}")
+
+
+def check_finite(tensor: torch.Tensor, key: str, path) -> None:
+    """Refuses NaN or infinite weights: a model holding them only trains to NaN."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise BadInput(f"{path}: {key} holds NaN or infinite values")
 
 
 def load_into(model: torch.nn.Module, path, config_path=None) -> None:

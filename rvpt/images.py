@@ -6,12 +6,15 @@ Image bytes are untrusted: a file that is truncated, not an image, or claims mor
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from rvpt.errors import BadInput
 
@@ -27,23 +30,76 @@ def encode_png(image: Image.Image) -> bytes:
 
 
 MAX_PIXELS = 50_000_000  # a 7,000 x 7,000 photo; far beyond anything CLIP resizes from
+BYTES_PER_PIXEL = 8      # 16-bit RGBA, uncompressed: no image file needs more than this per pixel
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # one channel of 16 or 32 bits, or float
 
 
-def decode(data: bytes, size: int, where: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decodes to an RGB uint8 array of size x size; resizes only when it must."""
+def file_limit(max_pixels: int) -> int:
+    """The largest file that can hold an image of `max_pixels`: a bigger one is refused unread."""
+    return max_pixels * BYTES_PER_PIXEL + (1 << 20)
+
+
+def decode(data: bytes | Path, size: int, where: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    return decode_image(data, size, where, max_pixels)[0]
+
+
+def decode_image(data: bytes | Path, size: int, where: str = "image",
+                 max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, bool]:
+    """An RGB uint8 array of size x size, and whether it came from a wider (16-bit or float) image.
+
+    A path is opened only when it is a regular file within the size a `max_pixels` image can
+    take; either way the header's size is checked before any pixel is decoded. EXIF
+    orientation is applied, as photo viewers and torchvision's loaders do.
+    """
     try:
-        with warnings.catch_warnings():
+        source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else _opened(Path(data), max_pixels)
+        with warnings.catch_warnings(), source:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(source) as image:
                 width, height = image.size  # from the header: nothing is decoded yet
                 if width * height > max_pixels:
                     raise ValueError(f"{width} x {height} pixels exceeds the limit of {max_pixels:,}")
-                return np.asarray(square(image.convert("RGB"), size), dtype=np.uint8)
+                wide = image.mode in WIDE_MODES
+                image = ImageOps.exif_transpose(image)
+                rgb = _eight_bit(image).convert("RGB") if wide else image.convert("RGB")
+                return np.asarray(square(rgb, size), dtype=np.uint8), wide
     except Image.UnidentifiedImageError:
         raise BadInput(f"{where}: not an image file") from None
     except (OSError, ValueError, TypeError, SyntaxError, EOFError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as error:
         raise BadInput(f"{where}: not a readable image ({error})") from error
+
+
+def _opened(path: Path, max_pixels: int):
+    info = os.stat(path)  # a FIFO or a device named .jpg would block or never end
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("not a regular file")
+    if info.st_size > file_limit(max_pixels):
+        raise ValueError(f"{info.st_size:,} bytes, more than any image of {max_pixels:,} pixels needs")
+    return open(path, "rb")
+
+
+def read_file(path: Path, where: str, max_pixels: int = MAX_PIXELS) -> bytes:
+    """A file's bytes, refused unread when it is not a regular file or larger than any image can be."""
+    try:
+        with _opened(path, max_pixels) as handle:
+            return handle.read()
+    except (OSError, ValueError) as error:
+        raise BadInput(f"{where}: not a readable image ({error})") from None
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit or float greyscale image scaled to 8 bits ("convert" would clip it to near white)."""
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
+            raise ValueError("float image with values outside [0, 1]")
+        scaled = pixels * 255
+    else:
+        if pixels.min() < 0 or pixels.max() > 65535:
+            raise ValueError("32-bit image with values outside 16 bits")
+        scaled = pixels / 257
+    return Image.fromarray(np.round(scaled).astype(np.uint8), "L")
 
 
 def square(image: Image.Image, size: int) -> Image.Image:
@@ -83,13 +139,15 @@ class LazyImages:
 
 @dataclass
 class Decoded:
-    """What survived decoding: pixels [M, H, W, 3] of the rows in `kept`, and why the rest did not."""
+    """What survived decoding: pixels [M, H, W, 3] of the rows in `kept`, why the rest did not, and
+    how many were 16-bit or float images scaled to 8 bits."""
     pixels: np.ndarray
     kept: np.ndarray
     skipped: list[str] = field(default_factory=list)
+    scaled: int = 0
 
 
-def decode_many(blobs: list[bytes], size: int, where: str, max_bad_fraction: float = 0.0,
+def decode_many(blobs: list[bytes] | list[Path], size: int, where: str, max_bad_fraction: float = 0.0,
                 max_pixels: int = MAX_PIXELS, names: list[str] | None = None) -> Decoded:
     """Decodes every blob, skipping unreadable ones while they stay within `max_bad_fraction`.
 
@@ -98,17 +156,20 @@ def decode_many(blobs: list[bytes], size: int, where: str, max_bad_fraction: flo
     """
     if not blobs:
         raise BadInput(f"{where}: no images")
-    pixels, kept, skipped = [], [], []
+    pixels, kept, skipped, scaled = [], [], [], 0
     for i, blob in enumerate(blobs):
         try:
-            pixels.append(decode(blob, size, names[i] if names else f"{where} row {i}", max_pixels))
-            kept.append(i)
+            array, wide = decode_image(blob, size, names[i] if names else f"{where} row {i}", max_pixels)
         except BadInput as error:
             skipped.append(str(error))
+            continue
+        pixels.append(array)
+        kept.append(i)
+        scaled += wide
     if skipped and (len(skipped) > max_bad_fraction * len(blobs) or not kept):
         raise BadInput(f"{len(skipped)} of {len(blobs)} images unreadable, over the allowed share "
                        f"{max_bad_fraction:g} (data.max_bad_fraction); first: {skipped[0]}")
-    return Decoded(np.stack(pixels), np.asarray(kept, dtype=np.int64), skipped)
+    return Decoded(np.stack(pixels), np.asarray(kept, dtype=np.int64), skipped, scaled)
 
 
 def to_unit_tensor(pixels: np.ndarray) -> torch.Tensor:

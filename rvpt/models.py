@@ -58,11 +58,33 @@ def read_config(directory: str | os.PathLike) -> dict:
 
 
 MAX_PARAMETERS = 5_000_000_000  # twice ViT-bigG; a config asking for more is refused, not allocated
+MAX_LAYERS = 256                 # ViT-bigG has 48; even a meta-device build of millions of blocks takes hours
+MAX_SIZE = 1 << 20               # any other number in a config (widths, vocabulary, context)
+
+
+def _check_sizes(node, where: str = "") -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_sizes(value, f"{where}{key}.")
+        return
+    if isinstance(node, list):
+        for value in node:
+            _check_sizes(value, where)
+        return
+    if isinstance(node, bool) or not isinstance(node, int):
+        return
+    name = where.rstrip(".")
+    limit = MAX_LAYERS if name.endswith("layers") else MAX_SIZE
+    if abs(node) > limit:
+        raise ValueError(f"{name} is {node}, over the limit of {limit:,}")
 
 
 def check_config(model_cfg: dict) -> CLIP:
     """The model a config describes, built on the meta device (no memory, no values), so that a
     hostile or mistyped config is refused before anything is allocated."""
+    if not isinstance(model_cfg, dict):
+        raise ValueError("not a mapping")
+    _check_sizes(model_cfg)
     try:
         with torch.device("meta"):
             model = CLIP(**json.loads(json.dumps(model_cfg)))

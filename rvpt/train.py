@@ -1,6 +1,7 @@
 """Contrastive (CLIP) training on image-text pairs: the victim's pretraining or fine-tuning."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from rvpt import compute
+from rvpt.errors import Diverged
 from rvpt.images import normalize
 from rvpt.resume import Checkpointing
 from rvpt.schedule import warmup_cosine
@@ -109,6 +111,8 @@ def train_clip(model, images, tokens: torch.Tensor, cfg: ClipTrainConfig,
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)
         losses.append(mean_over_processes(loss))
+        if not math.isfinite(losses[-1]):
+            raise Diverged(f"training diverged: the loss is {losses[-1]} at step {step}; lower the lr ({cfg.lr:g})")
         if on_step:
             on_step(step)
         if checkpointing and checkpointing.due(step + 1, cfg.steps) and compute.is_main():

@@ -1,7 +1,9 @@
 import contextlib
 import copy
 import functools
+import hashlib
 import http.server
+import io
 import os
 import shutil
 import socket
@@ -74,6 +76,55 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) 
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def brought_files(root: Path, classes: list[str], folder_of=lambda name: name, suffix_of=lambda i: "png") -> None:
+    """What a user brings to `rvpt defend`: an open_clip local-dir model (root/model) and an image
+    folder of 6 glyphs a class (root/images/<folder>/<i>.<suffix>)."""
+    import numpy as np
+
+    from rvpt import models
+    from rvpt.world import GlyphWorld
+
+    models.save(models.build(TINY_MODEL, seed=3), TINY_MODEL, root / "model")
+    world, rng = GlyphWorld(classes, 16), np.random.default_rng(0)
+    for label, name in enumerate(classes):
+        folder = root / "images" / folder_of(name)
+        folder.mkdir(parents=True)
+        for i in range(6):
+            world.sample(rng, label).image.save(folder / f"{i}.{suffix_of(i)}")
+
+
+def call(root: Path, *argv: str) -> tuple[int, str, str]:
+    """`rvpt ARGV` run in this process (what the console script runs), in `root`: (exit code, stdout, stderr)."""
+    from pipeline.cli import invoke
+
+    saved = os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    os.chdir(root)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = invoke(list(argv))
+    finally:
+        os.chdir(saved)
+    return code, out.getvalue(), err.getvalue()
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every path below `root` (the .git folder too) with its content hash, link target or 'folder'."""
+    def describe(path: Path) -> str:
+        if path.is_symlink():
+            return f"link {os.readlink(path)}"
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+
+    return {str(path.relative_to(root)): describe(path) for path in sorted(root.rglob("*"))}
+
+
+def one_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rvpt: error: "), stderr
+    assert len(lines[0]) < 500, len(lines[0])
+    return lines[0]
 
 
 def make_project(root: Path, params: dict) -> Path:

@@ -2,18 +2,16 @@
 import hashlib
 import json
 
-import numpy as np
 import open_clip
 import pytest
 import torch
 import yaml
-from conftest import TINY_MODEL, run, smoke_params
+from conftest import TINY_MODEL, brought_files, run, smoke_params
 from hostile import HOSTILE_IMAGES, malicious_checkpoint, tar_with
 
 from rvpt import models
 from rvpt.defenses import KINDS
 from rvpt.prompts import attach_prompts
-from rvpt.world import GlyphWorld
 
 CLASSES = ["zero", "one", "two"]
 
@@ -21,13 +19,8 @@ CLASSES = ["zero", "one", "two"]
 @pytest.fixture
 def brought(tmp_path):
     """What a user brings: an open_clip local-dir model, an image folder with some broken files, params."""
-    models.save(models.build(TINY_MODEL, seed=3), TINY_MODEL, tmp_path / "model")
-    world, rng = GlyphWorld(CLASSES, 16), np.random.default_rng(0)
-    for label, name in enumerate(CLASSES):
-        folder = tmp_path / "images" / ("the_zero" if name == "zero" else name)  # _ becomes a space
-        folder.mkdir(parents=True)
-        for i in range(6):
-            world.sample(rng, label).image.save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+    brought_files(tmp_path, CLASSES, folder_of=lambda name: "the_zero" if name == "zero" else name,  # _ -> space
+                  suffix_of=lambda i: "png" if i % 2 else "jpg")
     for name, make in HOSTILE_IMAGES.items():
         (tmp_path / "images" / "two" / name).write_bytes(make())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(smoke_params(data={"max_bad_fraction": 0.2})))

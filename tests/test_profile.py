@@ -59,3 +59,12 @@ def test_paper_profile_refuses_a_bad_class_file(tmp_path):
     result = run(["rvpt", "profile", "paper", *arguments], project, check=False)
     assert result.returncode == 2 and "expected lines 'wnid name" in result.stderr
     assert (project / "params.yaml").read_bytes() == before
+
+
+def test_repeated_imagenet_names_are_made_unique(tmp_path):
+    from pipeline.profile import synsets
+
+    (tmp_path / "map.txt").write_text("n02012849 crane\nn03126707 crane\nn03710637 maillot\n"
+                                      "n03710721 maillot, tank suit\nn01440764 tench, Tinca tinca\n")
+    assert list(synsets(tmp_path / "map.txt").values()) == [
+        "crane", "crane (n03126707)", "maillot", "tank suit", "tench"]

@@ -19,8 +19,8 @@ class SIG(Attack):
     def __init__(self, image_size: int, amplitude: float = 60 / 255, frequency: float = 6.0, seed: int = 0):
         if not 0 < amplitude <= 1:
             raise ValueError(f"amplitude must be in (0, 1], got {amplitude}")
-        if frequency <= 0:
-            raise ValueError(f"frequency must be positive, got {frequency}")
+        if not 0 < frequency <= image_size / 2:  # above Nyquist the sampled wave only aliases
+            raise ValueError(f"frequency must be in (0, {image_size / 2:g}] periods across the image, got {frequency}")
         columns = torch.arange(image_size, dtype=torch.float32)
         wave = amplitude * torch.sin(2 * math.pi * frequency * columns / image_size)
         self.signal = wave.expand(3, image_size, image_size).contiguous()

@@ -18,8 +18,8 @@ class WaNet(Attack):
     name = "wanet"
 
     def __init__(self, image_size: int, grid: int = 4, strength: float = 0.05, seed: int = 0):
-        if grid < 2:
-            raise ValueError(f"grid must be at least 2 control points, got {grid}")
+        if not 2 <= grid <= image_size:  # a control point per pixel is already the finest field there is
+            raise ValueError(f"grid must be 2 to {image_size} control points (the image side), got {grid}")
         if not 0 < strength < 0.5:
             raise ValueError(f"strength must be in (0, 0.5) of the image side, got {strength}")
         coarse = torch.rand(1, 2, grid, grid, generator=seeded(seed)) * 2 - 1

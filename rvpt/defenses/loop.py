@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rvpt import compute
+from rvpt.errors import Diverged
 from rvpt.resume import Checkpointing
 from rvpt.schedule import warmup_cosine
 
@@ -85,6 +86,9 @@ def resume(checkpointing: Checkpointing | None, optimizer, history: dict, genera
 
 
 def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    if not torch.isfinite(loss.detach()).all():  # a NaN step would only spread NaN into every trained tensor
+        lr = optimizer.param_groups[0]["lr"]
+        raise Diverged(f"training diverged: the loss is {loss.item()}; lower the lr (now {lr:g}) or the loss weights")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     compute.average_gradients(trained_tensors(optimizer))

@@ -1,0 +1,106 @@
+"""How one `rvpt` command runs: params loaded and checked, the tracking store and the project's
+lock taken, seeds and threads fixed, then the work, with every BadInput turned into one line on
+stderr and exit code 2."""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from rvpt.errors import BadInput
+
+
+def one_line(message: str) -> str:
+    """The message with control characters (newlines included) escaped, so it stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
+MAX_ERROR = 400  # characters: a message naming a huge value stays one readable line
+
+
+def bounded(message: str) -> str:
+    message = one_line(message)
+    return message if len(message) <= MAX_ERROR else f"{message[:MAX_ERROR - 100]} ... {message[-95:]}"
+
+
+def fail(message: str) -> None:
+    typer.echo(f"rvpt: error: {bounded(message)}", err=True)
+    raise typer.Exit(2)
+
+
+def plain(name: Optional[str], flag: str) -> Optional[str]:
+    """An --attack or --defense value, refused unless it is a name that is safe as a folder name."""
+    from pipeline.paths import check_name
+
+    try:
+        return None if name is None else check_name(name, flag)
+    except BadInput as error:
+        fail(str(error))
+
+
+ARGV: list[str] = []  # this command line's arguments, for relaunching under torchrun
+
+
+def relaunch(processes: int) -> int:
+    """Runs this same command under torchrun with `processes` processes; returns its exit code."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "pipeline.cli", *ARGV]
+    return subprocess.run(command).returncode
+
+
+def execute(name: str, params_path: Path, overrides: dict, work: Callable, label: str | None = None,
+            tracked: bool = True, distributed: bool = False, validate: bool = True) -> None:
+    """Loads params (with overrides), checks the tracking server, fixes seeds and threads, and runs `work(params)`.
+
+    `work` returns one summary or yields one per job (e.g. per tune cell); each is printed as
+    soon as its job ends, with the seconds that job took. A `distributed` stage asked for more
+    than one process (compute.processes) relaunches itself under torchrun; only rank 0 prints.
+    """
+    import torch
+
+    from pipeline import lock
+    from pipeline import params as params_module
+    from pipeline import tracking
+    from rvpt import compute
+
+    started = time.perf_counter()
+    try:
+        if not validate:  # the command writes the params file itself
+            typer.echo(f"{label}: {work(None)} ({time.perf_counter() - started:.1f} s)")
+            return
+        params = params_module.load(params_path, overrides)
+        if tracked:
+            tracking.check_reachable(params.tracking.timeout_s)
+        with lock.project_lock() if tracked else contextlib.nullcontext():
+            if distributed and params.compute.processes > 1 and not compute.launched_by_torchrun():
+                raise typer.Exit(relaunch(params.compute.processes))
+            compute.init()
+            torch.set_num_threads(params.threads)
+            torch.manual_seed(params.seed)
+            messages = work(params)
+            for message in [messages] if isinstance(messages, str) else messages:
+                if compute.is_main():
+                    typer.echo(f"{label or f'rvpt stage {name}'}: {message} ({time.perf_counter() - started:.1f} s)")
+                started = time.perf_counter()
+    except BadInput as error:
+        fail(str(error))
+
+
+def preflight(needs) -> None:
+    from pipeline import artifacts
+
+    artifacts.preflight(needs)
+
+
+def selected(requested: Optional[str], configured: dict, default: list[str], flag: str) -> list[str]:
+    if requested is None:
+        return default
+    if requested not in configured:
+        raise BadInput(f"{flag}: {requested!r} is not defined in params.yaml (known: {', '.join(configured)})")
+    return [requested]

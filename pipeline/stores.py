@@ -1,0 +1,92 @@
+"""Checks that an MLflow backend store can take a run, made before a stage does any work.
+
+Each check is bounded by the caller's timeout and ends in one BadInput line; none leaves a
+file behind (a probe file is removed again).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import stat
+import tempfile
+import urllib.parse
+from pathlib import Path
+
+from rvpt.errors import BadInput, shown
+
+ENV_URI = "MLFLOW_TRACKING_URI"
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def _probe_folder(folder: Path, uri: str) -> None:
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".rvpt-probe-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise BadInput(f"{ENV_URI}={shown(uri)}: cannot write in {folder} ({error.strerror or error})") from None
+
+
+def check_sqlite(uri: str, timeout_s: float) -> None:
+    """An existing file must open as a SQLite database within the timeout; a new one must be creatable."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        database = make_url(uri).database
+    except ArgumentError as error:
+        raise BadInput(f"{ENV_URI}={shown(uri)}: not a database URL ({error})") from None
+    if not database or database == ":memory:":
+        raise BadInput(f"{ENV_URI}={shown(uri)}: an in-memory SQLite store keeps no runs; name a file")
+    path = Path(database)
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise BadInput(f"{ENV_URI}={shown(uri)}: {path.parent} is not a folder")
+        _probe_folder(path.parent, uri)
+        return
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise BadInput(f"{ENV_URI}={shown(uri)}: {path} is not a regular file")
+    try:
+        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout_s) as connection:
+            connection.execute("PRAGMA schema_version").fetchone()
+        connection.close()
+    except sqlite3.Error as error:
+        raise BadInput(f"{ENV_URI}={shown(uri)}: {path} does not open as a SQLite database ({error})") from None
+
+
+def check_database(uri: str, timeout_s: float) -> None:
+    """A database server URL: its driver must be installed and its host must accept a connection."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(uri)
+        create_engine(url).dispose()  # imports the driver; connects to nothing
+    except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as error:
+        raise BadInput(f"{ENV_URI}={shown(uri)}: no usable database driver ({shown(str(error))})") from None
+    host = url.host or "localhost"
+    port = url.port or DATABASE_PORTS[url.get_backend_name()]
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as error:
+        raise BadInput(f"{ENV_URI}={shown(uri)}: {host}:{port} did not accept a connection within "
+                       f"{timeout_s:g} s ({error.strerror or error})") from None
+
+
+def check_file_store(uri: str) -> None:
+    """MLflow 3 refuses its file store unless MLFLOW_ALLOW_FILE_STORE is set; then the folder must be writable."""
+    if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        raise BadInput(f"{ENV_URI}={shown(uri)}: MLflow's file store is off unless MLFLOW_ALLOW_FILE_STORE=true; "
+                       f"use sqlite:///<path>/mlflow.db instead")
+    parsed = urllib.parse.urlsplit(uri)
+    path = Path(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else uri)
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"{ENV_URI}={shown(uri)}: {path} is not a folder")
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise BadInput(f"{ENV_URI}={shown(uri)}: {ancestor} is not a folder")
+    _probe_folder(ancestor, uri)
