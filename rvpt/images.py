@@ -60,7 +60,8 @@ def decode_image(data: bytes | Path, size: int, where: str = "image",
                 if width * height > max_pixels:
                     raise ValueError(f"{width} x {height} pixels exceeds the limit of {max_pixels:,}")
                 wide = image.mode in WIDE_MODES
-                image = ImageOps.exif_transpose(image)
+                if "exif" in image.info or image.format == "TIFF":  # reading EXIF costs a quarter of a decode
+                    image = ImageOps.exif_transpose(image)
                 rgb = _eight_bit(image).convert("RGB") if wide else image.convert("RGB")
                 return np.asarray(square(rgb, size), dtype=np.uint8), wide
     except Image.UnidentifiedImageError:

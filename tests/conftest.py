@@ -99,14 +99,16 @@ def call(root: Path, *argv: str) -> tuple[int, str, str]:
     """`rvpt ARGV` run in this process (what the console script runs), in `root`: (exit code, stdout, stderr)."""
     from pipeline.cli import invoke
 
-    saved = os.getcwd()
+    saved_cwd, saved_env = os.getcwd(), dict(os.environ)  # MLflow sets MLFLOW_TRACKING_URI as it logs
     out, err = io.StringIO(), io.StringIO()
     os.chdir(root)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = invoke(list(argv))
     finally:
-        os.chdir(saved)
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
     return code, out.getvalue(), err.getvalue()
 
 
