@@ -99,7 +99,7 @@ def preflight(needs) -> None:
         for path, made_by in inputs:
             require(path, made_by)
         check_writable(output)
-        check_writable(paths.CHECKPOINTS, "training state")
+    check_writable(paths.CHECKPOINTS, "training state")
 
 
 def decode_images(table: pa.Table, data: "Data", where: str) -> tuple[torch.Tensor, np.ndarray]:

@@ -32,7 +32,7 @@ def model_config(config: str | None, weights: Path) -> dict:
     path = Path(config)
     if path.is_file():
         try:
-            loaded = json.loads(read_file(path))
+            loaded = json.loads(read_small_text(path))
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
             raise BadInput(f"{path}: not valid JSON ({error})") from None
         loaded = loaded.get("model_cfg", loaded) if isinstance(loaded, dict) else loaded
@@ -94,7 +94,7 @@ def class_names(classes: list[str], names_file: Path | None) -> list[str]:
         names, where = [name.replace("_", " ") for name in classes], "class folders"
     else:
         try:
-            names = [line.strip() for line in read_file(names_file).splitlines() if line.strip()]
+            names = [line.strip() for line in read_small_text(names_file).splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as error:
             raise BadInput(f"{names_file}: unreadable ({error})") from None
         if len(names) != len(classes):
@@ -108,7 +108,7 @@ def class_names(classes: list[str], names_file: Path | None) -> list[str]:
     return names
 
 
-def read_file(path: Path, limit: int = 1 << 20) -> str:
+def read_small_text(path: Path, limit: int = 1 << 20) -> str:
     """A small text file the user names; a huge file or a device is refused rather than read."""
     if not path.is_file() or path.stat().st_size > limit:
         raise OSError(f"not a regular file of at most {limit:,} bytes")

@@ -35,7 +35,7 @@ UMASK = _umask()  # read once: mkdtemp and mkstemp ignore it (0700 / 0600), so m
 def checked_target(path: str | Path, what: str = "output") -> Path:
     """The output path, refused when its last part is no name or it would land outside its parent."""
     path = Path(path)
-    if path.name in ("", ".", "..") or path.parts[-1:] in ((".",), ("..",)):
+    if path.name in ("", ".", ".."):
         raise BadInput(f"{what} {str(path)!r}: not a folder name (refusing to replace it)")
     if ".." in path.parts:
         raise BadInput(f"{what} {str(path)!r}: contains '..' (refusing to write outside its parent)")

@@ -127,9 +127,9 @@ def materialise(source: str, cache: Path, sha256: str | None, timeout: float) ->
     return inside[0] if len(inside) == 1 and inside[0].is_dir() else root
 
 
-def inside(path: Path, root: Path) -> bool:
-    """Whether `path`, links resolved, lies within `root` (links resolved too)."""
-    return path.resolve().is_relative_to(root.resolve())
+def inside(path: Path, resolved_root: Path) -> bool:
+    """Whether `path`, links resolved, lies within the already resolved root."""
+    return path.resolve().is_relative_to(resolved_root)
 
 
 def image_files(folder: Path, root: Path) -> list[Path]:
@@ -138,7 +138,8 @@ def image_files(folder: Path, root: Path) -> list[Path]:
     Linked folders are not descended into; a linked file that resolves outside `root` is left
     out, with a warning, as is a class folder that is itself such a link.
     """
-    if not inside(folder, root):
+    resolved_root = root.resolve()  # once, not per file
+    if not inside(folder, resolved_root):
         raise BadInput(f"{folder}: a link out of the data root {root} (refused)")
     found, outside = [], []
     for parent, _, names in os.walk(folder, followlinks=False):
@@ -146,7 +147,7 @@ def image_files(folder: Path, root: Path) -> list[Path]:
             path = Path(parent) / name
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            if path.is_symlink() and not inside(path, root):
+            if path.is_symlink() and not inside(path, resolved_root):
                 outside.append(path)
             elif path.is_file():
                 found.append(path)
