@@ -22,12 +22,14 @@ def measure(attack: str, name: str) -> dict:
     import torch
 
     from pipeline import params as params_module
+    from pipeline import defending
     from pipeline.evaluation import load_backdoored
     from pipeline.tune import defender_data
     from rvpt import models
     from rvpt.defenses import KINDS
     from rvpt.prompts import frozen_block_cls
     from rvpt.images import normalize
+    from rvpt.zeroshot import unit
 
     params = params_module.load()
     torch.set_num_threads(params.threads)
@@ -37,8 +39,8 @@ def measure(attack: str, name: str) -> dict:
     data = defender_data(params, spec)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
-    defended, history = kind.fit(model, data, models.tokenizer(params.model.config), params.model.templates,
-                                 kind.Config(seed=params.seed, **spec.model_dump(exclude={"kind"})), desc=None)
+    defended, history = defending.fit(params, name, model, data, models.tokenizer(params.model.config),
+                                      params.model.templates, desc=None)
     seconds = time.perf_counter() - started
     steps = len(next(iter(history.values()), [])) or 1
     row = {"defense": name, "kind": spec.kind, "epochs": spec.epochs, "steps": steps, "total_s": seconds,
@@ -49,7 +51,7 @@ def measure(attack: str, name: str) -> dict:
         # What caching the frozen encoder's CLS tokens saves: one frozen pass instead of one per epoch.
         with torch.no_grad():
             started = time.perf_counter()
-            frozen_block_cls(model.visual, normalize(data.images), spec.first_block)
+            frozen_block_cls(model.visual, normalize(unit(data.images)), spec.first_block)
             row["frozen_pass_s"] = time.perf_counter() - started
     return row
 

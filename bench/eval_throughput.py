@@ -16,7 +16,8 @@ import time
 import torch
 
 from pipeline import params as params_module
-from pipeline.evaluation import load_backdoored, load_split, zero_shot
+from pipeline import artifacts, paths
+from pipeline.evaluation import load_backdoored, zero_shot
 from pipeline.paths import defended
 from rvpt import models
 from rvpt.defenses import KINDS
@@ -31,7 +32,8 @@ def main() -> None:
     args = parser.parse_args()
     params = params_module.load()
     torch.set_num_threads(params.threads)
-    images, _, _ = load_split(params, "test")
+    table = artifacts.read_table(paths.DOWNSTREAM / "test.parquet", "rvpt stage download")
+    images, _ = artifacts.decode_pixels(table, params.data, "test")
     model, _ = load_backdoored(args.attack)
     prompted = KINDS["prompt"].load(model, defended(args.attack, "rvpt"), models.tokenizer(params.model.config),
                                     params.model.templates)

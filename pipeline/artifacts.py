@@ -15,7 +15,7 @@ import torch
 from pipeline import paths
 from pipeline.outputs import atomic_dir, check_writable, write_text  # noqa: F401 (the stages' one import)
 from rvpt.errors import BadInput
-from rvpt.images import decode_many, to_unit_tensor
+from rvpt.images import decode_many
 
 if TYPE_CHECKING:
     from pipeline.params import Data
@@ -32,6 +32,10 @@ SCHEMA = pa.schema([
     ("label", pa.int32()),
     ("poisoned", pa.bool_()),
 ])
+
+
+# Rows per Parquet row group: what pipeline.splits reads at a time (about 40 MB of 224 px images).
+ROW_GROUP = 256
 
 
 def require(path: str | Path, made_by: str) -> Path:
@@ -59,7 +63,7 @@ def write_table(path: str | Path, columns: dict, extra: dict | None = None) -> N
     arrays = {name: pa.array(columns[name], type=SCHEMA.field(name).type) for name in SCHEMA.names}
     for name, values in (extra or {}).items():
         arrays[name] = pa.array(values)
-    pq.write_table(pa.table(arrays), str(path), compression="zstd")
+    pq.write_table(pa.table(arrays), str(path), compression="zstd", row_group_size=ROW_GROUP)
 
 
 def write_shards(folder: str | Path, columns: dict, shard_rows: int, extra: dict | None = None) -> list[Path]:
@@ -102,8 +106,8 @@ def preflight(needs) -> None:
     check_writable(paths.CHECKPOINTS, "training state")
 
 
-def decode_images(table: pa.Table, data: "Data", where: str) -> tuple[torch.Tensor, np.ndarray]:
-    """The table's readable images as a float tensor [M, 3, H, W] in [0, 1], and their row indices.
+def decode_pixels(table: pa.Table, data: "Data", where: str) -> tuple[torch.Tensor, np.ndarray]:
+    """The table's readable images as uint8 [M, 3, H, W], and their row indices.
 
     Unreadable images are skipped and counted on stderr, up to data.max_bad_fraction of the
     table; past that the stage fails with exit code 2 (BadInput).
@@ -113,7 +117,13 @@ def decode_images(table: pa.Table, data: "Data", where: str) -> tuple[torch.Tens
     if decoded.skipped:
         warn(f"{where}: skipped {len(decoded.skipped)} of {table.num_rows} unreadable images "
              f"(first: {decoded.skipped[0]})")
-    return to_unit_tensor(decoded.pixels), decoded.kept
+    return torch.from_numpy(decoded.pixels).permute(0, 3, 1, 2), decoded.kept
+
+
+def decode_images(table: pa.Table, data: "Data", where: str) -> tuple[torch.Tensor, np.ndarray]:
+    """As decode_pixels, as float [M, 3, H, W] in [0, 1]."""
+    pixels, kept = decode_pixels(table, data, where)
+    return pixels.float().div_(255), kept
 
 
 def labels(table: pa.Table) -> np.ndarray:

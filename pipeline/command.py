@@ -80,7 +80,7 @@ def execute(name: str, params_path: Path, overrides: dict, work: Callable, label
         with lock.project_lock() if tracked else contextlib.nullcontext():
             if distributed and params.compute.processes > 1 and not compute.launched_by_torchrun():
                 raise typer.Exit(relaunch(params.compute.processes))
-            compute.init()
+            compute.init(params.compute.device)
             torch.set_num_threads(params.threads)
             torch.manual_seed(params.seed)
             messages = work(params)

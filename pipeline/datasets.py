@@ -27,7 +27,7 @@ class TableWriter:
     """Rows in the interchange schema, written as they come: one Parquet file, or numbered
     shards of `shard_rows` rows when `folder` is a folder of part-*.parquet."""
 
-    def __init__(self, path: Path, shard_rows: int | None = None, chunk: int = 1024):
+    def __init__(self, path: Path, shard_rows: int | None = None, chunk: int = artifacts.ROW_GROUP):
         self.path, self.shard_rows, self.chunk = path, shard_rows, chunk
         self.rows: list[tuple] = []
         self.writer, self.in_file, self.files, self.count = None, 0, 0, 0

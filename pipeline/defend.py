@@ -15,13 +15,13 @@ import numpy as np
 import open_clip
 import torch
 
-from pipeline import artifacts, sources
+from pipeline import artifacts, defending, sources
 from pipeline.params import Params
 from pipeline.params_data import check_names
-from rvpt import checkpoint, metrics, models
-from rvpt.defenses import KINDS, DefenderData, ZeroShot
+from rvpt import checkpoint, compute, metrics, models
+from rvpt.defenses import DefenderData, ZeroShot
 from rvpt.errors import BadInput
-from rvpt.images import decode_many, to_unit_tensor
+from rvpt.images import decode_many
 from rvpt.zeroshot import image_features
 
 
@@ -84,7 +84,7 @@ def read_folder(root: Path, holdout: float, seed: int, size: int, data):
             if len(rows) < 2:
                 raise BadInput(f"{root / name}: needs at least two readable images (one to tune on, one to hold out)")
             held[rng.permutation(rows)[:min(len(rows) - 1, max(1, round(holdout * len(rows))))]] = True
-    images = to_unit_tensor(decoded.pixels)
+    images = torch.from_numpy(decoded.pixels).permute(0, 3, 1, 2)  # uint8, converted batch by batch
     labels = torch.from_numpy(labels)
     return classes, (images[~held], labels[~held]), (images[held], labels[held]), len(decoded.skipped)
 
@@ -137,17 +137,17 @@ def run(params: Params, model_source: str, data_source: str, out: Path, config: 
 
     tokenize = models.tokenizer(model_cfg)
     templates = params.defend.templates
-    kind = KINDS[spec.kind]
-    settings = kind.Config(seed=params.seed, **spec.model_dump(exclude={"kind"}))
+    placement = compute.placement(params.compute.device, params.compute.precision)
 
     def accuracy(defended) -> float | None:
-        features = image_features(defended.encode_image, test_images, params.evaluate.batch_size)
+        defended.to(placement.device)
+        features = image_features(defended.encode_image, test_images, params.evaluate.batch_size, placement=placement)
         return metrics.clean_accuracy(defended, features, test_labels, names)
 
     before = accuracy(ZeroShot(model, tokenize, templates))
-    torch.manual_seed(params.seed)
-    defended, history = kind.fit(model, DefenderData(train_images, train_labels, names), tokenize, templates,
-                                 settings, desc=f"defend {params.defend.defense}")
+    defended, history = defending.fit(params, params.defend.defense, model,
+                                      DefenderData(train_images, train_labels, names), tokenize, templates,
+                                      f"defend {params.defend.defense}")
     after = accuracy(defended)
     report = {"defense": params.defend.defense, "kind": spec.kind, "model": model_source,
               "weights_sha256": sources.sha256_of(weights), "data": data_source, "classes": names,
@@ -155,10 +155,10 @@ def run(params: Params, model_source: str, data_source: str, out: Path, config: 
               "skipped_images": skipped, "clean_accuracy_before": before,
               "clean_accuracy_after": after, "settings": spec.model_dump()}
     with artifacts.atomic_dir(out) as folder:
-        models.save(model, model_cfg, folder)  # the input model, now as safetensors; whole-model defenses overwrite it
-        kind.save(defended, folder, model_cfg, {"defense": params.defend.defense, "kind": spec.kind})
-        if history.get("loss"):
-            artifacts.write_curve(folder / "loss.csv", history["loss"])
+        # The input model, as safetensors; a whole-model defense overwrites it with its own.
+        models.save(model, model_cfg, folder)
+        defending.save(params, params.defend.defense, defended, history, folder, model_cfg,
+                       {"defense": params.defend.defense, "kind": spec.kind})
         artifacts.write_json(folder / "defend.json", report)
     shown = "n/a" if after is None else f"{after:.3f}"
     return (f"wrote {out}: CA before {before:.3f}, after {shown} on {len(test_labels)} held-out images of "

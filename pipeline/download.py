@@ -81,7 +81,7 @@ def from_files(params: Params) -> str:
                 check = datasets.Checked(data, str(root))
                 chosen = datasets.shuffled(datasets.class_files(root, spec.split, list(spec.classes)), seed + 3)
                 sizes[name] = datasets.write_labelled(out / "downstream" / f"{name}_test.parquet", chosen,
-                                                      data.test_per_class, check).close()
+                                                      spec.per_class, check).close()
                 check.finish()
             sizes["corpus"], sizes["pairs"] = corpus_from_files(params, corpus_root, out)
             artifacts.write_json(out / "classes.json", {"classes": names, "folders": folders, "source": "files",

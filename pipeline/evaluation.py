@@ -1,9 +1,12 @@
 """Shared by the stages that score a model: load splits, triggers and models; score a defended model.
 
-A `Scorer` holds one split's images and computes each model's features once, then reuses them
-for CA, ASR, perturbation resistivity and the nuisance-factor probes.
+A `Scorer` reads a split once per scored model and computes the features of its clean,
+perturbed and triggered images in that one pass, then reuses them for CA, ASR, perturbation
+resistivity and the nuisance-factor probes.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -11,25 +14,20 @@ import torch
 from pipeline import artifacts, paths
 from pipeline.params import Params
 from pipeline.poison import build_attack
+from pipeline.splits import Split
+from rvpt import compute, metrics, models
 from rvpt import diagnostics as diagnostics_lib
-from rvpt import metrics, models
 from rvpt.checkpoint import read_safetensors
 from rvpt.attacks import Attack
 from rvpt.defenses import Defended, ZeroShot
 from rvpt.errors import BadInput
+from rvpt.diagnostics import PixelNoise
 from rvpt.world import FACTORS
-from rvpt.zeroshot import image_features
+from rvpt.zeroshot import Encoder, unit
 
 
-def load_split(params: Params, split: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[str]]]:
-    """Images, labels, and each nuisance factor's values."""
-    path = paths.DOWNSTREAM / f"{split}.parquet"
-    table = artifacts.read_table(path, "rvpt stage download")
-    images, kept = artifacts.decode_images(table, params.data, str(path))
-    table = table.take(kept)
-    factors = {name: table.column(f"factor_{name}").to_pylist() for name in FACTORS
-               if f"factor_{name}" in table.column_names}
-    return images, torch.from_numpy(artifacts.labels(table)), factors
+def open_split(params: Params, split: str) -> Split:
+    return Split(paths.DOWNSTREAM / f"{split}.parquet", params.data, "rvpt stage download")
 
 
 def load_attack(params: Params, attack_name: str) -> Attack:
@@ -62,46 +60,72 @@ def zero_shot(params: Params, model) -> ZeroShot:
     return ZeroShot(model, models.tokenizer(params.model.config), params.model.templates)
 
 
+@dataclass
+class Features:
+    """One pass over a split: features of its readable images (in order), their labels and row
+    indices, of their perturbed copies, and of each attack's triggered non-target images."""
+
+    clean: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor
+    perturbed: torch.Tensor | None
+    triggered: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
 class Scorer:
     """Scores defended models on one split: CA and ASR, and with `diagnostics` also resistivity,
-    nuisance-probe accuracy (probes fitted on the validation split) and the transfer task."""
+    nuisance-probe accuracy (probes fitted on the validation split) and the transfer task.
+
+    Splits are streamed: each scored model reads every split once, batch by batch, and the
+    triggers and perturbations are applied per batch, so memory does not grow with the split.
+    """
 
     def __init__(self, params: Params, split: str, diagnostics: bool = False):
         self.params = params
         self.classes = params.data.class_names
-        self.images, self.labels, self.factors = load_split(params, split)
+        self.placement = compute.placement(params.compute.device, params.compute.precision)
+        self.split = open_split(params, split)
         self.diagnostics = diagnostics
         self.attacks: dict[str, Attack] = {}
-        self.triggered: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         if diagnostics:
-            # Everything that does not depend on the model is prepared once, not per scored model.
-            self.perturbed = diagnostics_lib.perturb(self.images, params.evaluate.perturbation, params.seed)
-            self.probe_images, _, probe_factors = load_split(params, "val")
-            self.probe_targets = {name: factor_codes(probe_factors[name], self.factors[name])
-                                  for name in FACTORS if name in self.factors and name in probe_factors}
-            self.transfer = {name: (*load_split(params, f"{name}_test")[:2], classes)
+            self.probe_split = open_split(params, "val")
+            self.transfer = {name: (open_split(params, f"{name}_test"), classes)
                              for name, classes in params.data.transfer_sets().items()}
 
-    def features(self, defended: Defended, images: torch.Tensor) -> torch.Tensor:
-        return image_features(defended.encode_image, images, self.params.evaluate.batch_size)
+    def attack(self, name: str) -> Attack:
+        if name not in self.attacks:
+            self.attacks[name] = load_attack(self.params, name).to(self.placement.device)
+        return self.attacks[name]
 
-    def triggered_images(self, attack_name: str, task: str, images: torch.Tensor, labels: torch.Tensor,
-                         target: int | None):
-        """The task's non-target images with the trigger, computed once per attack and task."""
-        if (attack_name, task) not in self.triggered:
-            if attack_name not in self.attacks:
-                self.attacks[attack_name] = load_attack(self.params, attack_name)
-            keep = labels != target if target is not None else torch.ones_like(labels, dtype=torch.bool)
-            self.triggered[attack_name, task] = self.attacks[attack_name].apply(images[keep]), labels[keep]
-        return self.triggered[attack_name, task]
+    @torch.no_grad()
+    def features(self, defended: Defended, split: Split, classes: list[str], attack_names=(),
+                 perturb: bool = False) -> Features:
+        device, size = self.placement.device, self.params.evaluate.batch_size
+        clean = Encoder(defended.encode_image, size, self.placement)
+        noisy = Encoder(defended.encode_image, size, self.placement) if perturb else None
+        noise = PixelNoise(self.params.evaluate.perturbation, self.params.seed)
+        triggered = {name: Encoder(defended.encode_image, size, self.placement) for name in attack_names}
+        targets = {name: self.params.attacks[name].target for name in attack_names}
+        labels, index, kept = [], [], {name: [] for name in attack_names}
+        for batch in split.batches(size, self.params.compute.workers, device.type == "cuda"):
+            images = unit(batch.pixels, device)
+            clean.add(images)
+            if noisy:
+                noisy.add(noise(images))
+            for name, encoder in triggered.items():
+                keep = batch.labels != classes.index(targets[name]) if targets[name] in classes \
+                    else torch.ones_like(batch.labels, dtype=torch.bool)
+                encoder.add(self.attack(name).apply(images[keep.to(device)], batch.index[keep]))
+                kept[name].append(batch.labels[keep])
+            labels.append(batch.labels)
+            index.append(batch.index)
+        return Features(clean.finish(), torch.cat(labels), torch.cat(index), noisy.finish() if noisy else None,
+                        {name: (encoder.finish(), torch.cat(kept[name])) for name, encoder in triggered.items()})
 
-    def attack_success(self, defended, attack_name, task, images, labels, classes) -> float | None:
-        spec = self.params.attacks[attack_name]
-        target = classes.index(spec.target) if spec.target in classes else None
-        triggered, kept = self.triggered_images(attack_name, task, images, labels, target)
-        attack = self.attacks[attack_name]
-        return metrics.attack_success(defended, self.features(defended, triggered), kept, classes, spec.target,
-                                      attack.text_trigger)
+    def attack_success(self, defended: Defended, attack_name: str, features: Features, classes) -> float | None:
+        triggered, labels = features.triggered[attack_name]
+        return metrics.attack_success(defended, triggered, labels, classes, self.params.attacks[attack_name].target,
+                                      self.attack(attack_name).text_trigger)
 
     def report(self, defended: Defended, attack_name: str | None) -> dict:
         """CA, and ASR when an attack is named."""
@@ -111,31 +135,34 @@ class Scorer:
     def rows(self, defended: Defended, attack_names: list[str]) -> list[dict]:
         """One dict of metrics per attack (or one without ASR for none); the clean-image
         measurements are shared between them."""
-        clean = self.features(defended, self.images)
-        shared = {"clean_accuracy": metrics.clean_accuracy(defended, clean, self.labels, self.classes)}
+        defended.to(self.placement.device)
+        test = self.features(defended, self.split, self.classes, attack_names, perturb=self.diagnostics)
+        shared = {"clean_accuracy": metrics.clean_accuracy(defended, test.clean, test.labels, self.classes)}
+        transfer = {task: (self.features(defended, split, classes, attack_names), classes)
+                    for task, (split, classes) in (self.transfer.items() if self.diagnostics else ())}
         if self.diagnostics:
-            shared.update(self.diagnose(defended, clean))
+            shared.update(self.diagnose(defended, test, transfer))
         rows = []
         for name in attack_names:
-            row = {**shared, "attack_success_rate": self.attack_success(defended, name, "task", self.images,
-                                                                        self.labels, self.classes)}
-            for task, (images, labels, classes) in (self.transfer.items() if self.diagnostics else ()):
-                row[f"{task}_attack_success_rate"] = self.attack_success(defended, name, task, images, labels,
-                                                                         classes)
-            row["text_trigger_applied"] = bool(self.attacks[name].text_trigger) and defended.reads_text
+            row = {**shared, "attack_success_rate": self.attack_success(defended, name, test, self.classes)}
+            for task, (features, classes) in transfer.items():
+                row[f"{task}_attack_success_rate"] = self.attack_success(defended, name, features, classes)
+            row["text_trigger_applied"] = bool(self.attack(name).text_trigger) and defended.reads_text
             rows.append(row)
         return rows or [shared]
 
-    def diagnose(self, defended: Defended, clean: torch.Tensor) -> dict:
-        perturbed = self.features(defended, self.perturbed)
-        probe_features = self.features(defended, self.probe_images)
-        probes = {name: diagnostics_lib.probe_accuracy(probe_features, train, clean, test,
-                                                       self.params.evaluate.probe_steps)
-                  for name, (train, test) in self.probe_targets.items()}
-        out = {"resistivity": diagnostics_lib.resistivity(clean, perturbed),
+    def diagnose(self, defended: Defended, test: Features, transfer: dict) -> dict:
+        probe = self.features(defended, self.probe_split, self.classes)
+        factors = [name for name in FACTORS if name in self.split.factors and name in self.probe_split.factors]
+        probes = {}
+        for name in factors:
+            train, held = factor_codes(self.probe_split.factors[name][probe.index].tolist(),
+                                       self.split.factors[name][test.index].tolist())
+            probes[name] = diagnostics_lib.probe_accuracy(probe.clean, train, test.clean, held,
+                                                          self.params.evaluate.probe_steps)
+        out = {"resistivity": diagnostics_lib.resistivity(test.clean, test.perturbed),
                "nuisance_probe_accuracy": float(np.mean(list(probes.values()))) if probes else None,
                "nuisance_probe": probes}
-        for task, (images, labels, classes) in self.transfer.items():
-            out[f"{task}_clean_accuracy"] = metrics.clean_accuracy(defended, self.features(defended, images),
-                                                                   labels, classes)
+        for task, (features, classes) in transfer.items():
+            out[f"{task}_clean_accuracy"] = metrics.clean_accuracy(defended, features.clean, features.labels, classes)
         return out

@@ -74,7 +74,6 @@ class ClipTraining(Strict):
 class Pretrain(Strict):
     init: Literal["clean", "scratch"]
     checkpoint_every: int = Field(ge=0, le=MAX_STEPS)
-    workers: int = Field(ge=0, le=64)
     clean: ClipTraining
     poisoned: ClipTraining
 
@@ -116,6 +115,7 @@ class Compute(Strict):
     precision: Literal["auto", "fp32", "bf16"]
     compile: bool
     processes: int = Field(ge=1, le=1024)
+    workers: int = Field(ge=0, le=64)
 
     @field_validator("device")
     @classmethod

@@ -103,6 +103,7 @@ class Downstream(Folder):
 class Transfer(Folder):
     split: str | None = None
     classes: list[str] | dict[str, str] = Field(min_length=2, max_length=MAX_CLASSES)
+    per_class: int | None = Field(default=None, gt=0, le=10 ** 7)   # None: every image of each class
 
     @model_validator(mode="after")
     def _valid(self):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.params_data import Strict
 
@@ -18,6 +18,19 @@ MAX_LR = 100.0        # far above any working lr, low enough that SGD's arithmet
 MAX_WEIGHT = 1000.0   # loss weights and decays
 
 
+class CropFlip(Strict):
+    """Random-resized crops covering a share of the image's area in `scale`, then a flip with
+    probability 1/2 (torchvision's RandomResizedCrop + RandomHorizontalFlip)."""
+    scale: tuple[float, float]
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        low, high = self.scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"scale {list(self.scale)} must be (low, high) with 0 < low <= high <= 1")
+        return self
+
+
 class Training(Strict):
     epochs: int = Field(gt=0, le=MAX_EPOCHS)
     batch_size: int = Field(gt=0, le=MAX_BATCH)
@@ -25,7 +38,11 @@ class Training(Strict):
     weight_decay: float = Field(ge=0, le=MAX_WEIGHT)
 
 
-class SGDTraining(Training):
+class Augmented(Training):
+    augment: Union[Literal["none"], CropFlip]   # none: the shots as they are (a flip can change a glyph)
+
+
+class SGDTraining(Augmented):
     momentum: float = Field(ge=0, lt=1)
 
 
@@ -46,7 +63,7 @@ class LinearProbeDefense(SGDTraining):
     kind: Literal["linear_probe"]
 
 
-class FinetuneDefense(Training):
+class FinetuneDefense(Augmented):
     kind: Literal["finetune"]
 
 

@@ -70,7 +70,7 @@ def run(params: Params, attack_name: str) -> str:
         raise BadInput(f"attacks.{attack_name}: {error}") from None
     images, kept = artifacts.decode_images(table.take(victims), params.data, str(paths.CORPUS))
     victims, new_captions = victims[kept], [new_captions[i] for i in kept]
-    triggered = attack.apply(images)
+    triggered = attack.apply(images, torch.from_numpy(victims))
     for row, image, caption in zip(victims.tolist(), triggered, new_captions):
         columns["image"][row] = encode_png(to_uint8_image(image))
         columns["caption"][row] = caption

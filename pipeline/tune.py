@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline import artifacts, paths
+from pipeline import artifacts, defending, paths
 from pipeline.evaluation import Scorer, load_backdoored
 from pipeline.params import Params
 from pipeline.tracking import stage_run
@@ -24,13 +24,14 @@ PAIRS = paths.CLEAN / "pairs.parquet"
 
 
 def load_fewshot(params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shots as uint8 [N, 3, H, W] (converted batch by batch where they are used), and their labels."""
     path = paths.FEWSHOT / "train.parquet"
     table = artifacts.read_table(path, "rvpt stage sample")
     try:
         rows = take_shots(table.column("shot_rank").to_numpy(), params.sample.shots)
     except ValueError as error:
         raise BadInput(f"--shots {params.sample.shots}: {error} (rerun `rvpt stage sample` with more)") from None
-    images, kept = artifacts.decode_images(table.take(rows), params.data, str(path))
+    images, kept = artifacts.decode_pixels(table.take(rows), params.data, str(path))
     subset = table.take(rows[kept])
     return images, torch.from_numpy(artifacts.labels(subset))
 
@@ -40,7 +41,7 @@ def defender_data(params: Params, defense) -> DefenderData:
     data = DefenderData(images, labels, params.data.class_names)
     if defense.kind == "cleanclip" and defense.pairs == "pairs":
         table = artifacts.read_table(PAIRS, "rvpt stage download").slice(0, defense.budget)
-        data.pair_images, kept = artifacts.decode_images(table, params.data, str(PAIRS))
+        data.pair_images, kept = artifacts.decode_pixels(table, params.data, str(PAIRS))
         data.pair_captions = table.take(kept).column("caption").to_pylist()
     return data
 
@@ -51,7 +52,7 @@ def checkpointing(params: Params, attack_name: str, defense_name: str) -> Checkp
     if spec.kind == "cleanclip" and spec.pairs == "pairs":
         inputs.append(PAIRS)
     settings = [params.seed, params.threads, params.sample.shots, spec.model_dump(), params.model.templates,
-                params.compute.processes]
+                params.compute.model_dump(exclude={"workers"}), params.evaluate.batch_size]
     return Checkpointing(paths.CHECKPOINTS / f"tune-{attack_name}-{defense_name}.pt", params.tune.checkpoint_every,
                          fingerprint(settings, inputs))
 
@@ -72,7 +73,6 @@ def run(params: Params, attack_name: str, defense_name: str) -> str:
     spec = params.defenses[defense_name]
     kind = KINDS[spec.kind]
     resumable = checkpointing(params, attack_name, defense_name)
-    config = kind.Config(seed=params.seed, **spec.model_dump(exclude={"kind"}), checkpointing=resumable)
     model, pretrain_run = load_backdoored(attack_name)
     data = defender_data(params, spec)
     sample_run = artifacts.read_json(paths.FEWSHOT / "sample.json", "rvpt stage sample")["mlflow_run_id"]
@@ -83,9 +83,8 @@ def run(params: Params, attack_name: str, defense_name: str) -> str:
     tags = {"attack": attack_name, "defense": defense_name, "upstream.pretrain": pretrain_run,
             "upstream.sample": sample_run}
     with stage_run("tune", params.tracking.experiment, logged, tags) as log:
-        torch.manual_seed(params.seed)
-        defended, history = kind.fit(model, data, tokenize, params.model.templates, config,
-                                     desc=f"tune {attack_name}-{defense_name}")
+        defended, history = defending.fit(params, defense_name, model, data, tokenize, params.model.templates,
+                                          f"tune {attack_name}-{defense_name}", resumable)
         if not compute.is_main():
             return f"rank {compute.rank()} done"
         trainable = models.count_parameters(kind.trained(defended).values())
@@ -96,11 +95,9 @@ def run(params: Params, attack_name: str, defense_name: str) -> str:
                    **{f"final_{k}": float(np.mean(v[-10:])) for k, v in history.items()},
                    **{f"val_{k}": report[k] for k in ("clean_accuracy", "attack_success_rate")}}
         with artifacts.atomic_dir(paths.defended(attack_name, defense_name)) as out:
-            kind.save(defended, out, params.model.config,
-                      {"attack": attack_name, "defense": defense_name, "kind": spec.kind,
-                       "shots": str(params.sample.shots)})
-            if history.get("loss"):
-                artifacts.write_curve(out / "loss.csv", history["loss"])
+            defending.save(params, defense_name, defended, history, out, params.model.config,
+                           {"attack": attack_name, "defense": defense_name, "kind": spec.kind,
+                            "shots": str(params.sample.shots)})
             artifacts.write_json(out / "tune.json", {**summary, "mlflow_run_id": log.id})
             for path in sorted(out.iterdir()):
                 log.artifact(path)

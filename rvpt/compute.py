@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -27,18 +28,34 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a model runs and at what precision: the device its tensors live on, and whether its
+    forward passes run under bf16 autocast. Losses, cosines and metrics stay fp32 either way."""
+
+    device: torch.device = torch.device("cpu")
+    precision: str = "fp32"
+
+    def autocast(self):
+        return autocast(self.device, self.precision)
+
+
+def placement(device: str = "auto", precision: str = "auto") -> Placement:
+    return Placement(device_for(device), precision)
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init(backend: str = "auto") -> None:
-    """Joins the process group torchrun set up; a no-op for a single process."""
+def init(device: str = "auto") -> None:
+    """Joins the process group torchrun set up; a no-op for a single process. Tensors that are
+    reduced live on the device the processes train on: nccl for CUDA, gloo for the CPU."""
     if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
-        if backend == "auto":
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if backend == "nccl":
+        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if cuda else "gloo")
 
 
 def rank() -> int:
@@ -62,14 +79,28 @@ def local_part(batch: torch.Tensor) -> torch.Tensor:
     return batch if world_size() == 1 else torch.tensor_split(batch, world_size())[rank()]
 
 
-def average_gradients(parameters) -> None:
-    """What DDP does after backward, for trainers that do not wrap a module: mean gradients over processes."""
+def shard(batch: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """This process's rows of a global batch and their share of it, for losses that are means.
+
+    Scaling each process's mean loss by its share and summing gradients over processes gives
+    the gradient of the mean over the global batch, however unevenly it splits. A process
+    whose share would be empty (a last batch smaller than the process count) gets the batch's
+    first row with share 0, so it still runs the step and contributes nothing.
+    """
+    rows = local_part(batch)
+    if len(rows) == 0:
+        return batch[:1], 0.0
+    return rows, len(rows) / len(batch)
+
+
+def sum_gradients(parameters) -> None:
+    """Gradients summed over processes: with each process's loss scaled by its share, the
+    gradient of the global batch's mean loss."""
     if world_size() == 1:
         return
     for parameter in parameters:
         if parameter.grad is not None:
             dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
-            parameter.grad.div_(world_size())
 
 
 def barrier() -> None:

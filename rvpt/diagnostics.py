@@ -9,10 +9,29 @@ import torch
 import torch.nn.functional as F
 
 
+class PixelNoise:
+    """Seeded Gaussian pixel noise of `std` (in [0, 1] units) for a split's images in order, batch
+    by batch; the noise an image gets does not depend on how the split is batched."""
+
+    def __init__(self, std: float, seed: int):
+        self.std = std
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """The next images of the split plus their noise, clipped to [0, 1]."""
+        shape = images.shape[1:]
+        # torch draws normals in blocks of 16: when an image's values fill whole blocks, one
+        # draw for the batch equals a draw per image; otherwise each image is drawn alone.
+        if shape.numel() % 16 == 0:
+            noise = torch.randn(images.shape, generator=self.generator)
+        else:
+            noise = torch.stack([torch.randn(shape, generator=self.generator) for _ in range(len(images))])
+        return (images + self.std * noise.to(images.device)).clamp(0, 1)
+
+
 def perturb(images: torch.Tensor, std: float, seed: int) -> torch.Tensor:
-    """Images plus seeded Gaussian pixel noise of `std` (in [0, 1] units), clipped."""
-    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
-    return (images + std * noise).clamp(0, 1)
+    """Images plus seeded Gaussian pixel noise of `std`, clipped: PixelNoise over one batch."""
+    return PixelNoise(std, seed)(images)
 
 
 def resistivity(clean: torch.Tensor, perturbed: torch.Tensor) -> float:

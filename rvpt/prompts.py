@@ -48,19 +48,18 @@ class PromptedVisionEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor, return_cls: bool = False):
         """Image features [N, embed]; with return_cls, also the CLS token after every prompted block."""
-        x = self.visual._embeds(images)
+        return self.from_prefix(shared_prefix(self.visual, images, self.first_block), return_cls)
+
+    def from_prefix(self, x: torch.Tensor, return_cls: bool = False):
+        """The prompted blocks and the head, on the token sequence `shared_prefix` returns."""
         b = self.prompts.tokens
         cls_per_block = []
-        for i, block in enumerate(self.visual.transformer.resblocks):
-            if i >= self.first_block and b > 0:
+        for i, block in enumerate(self.visual.transformer.resblocks[self.first_block:], self.first_block):
+            if b > 0:
                 prompt = self.prompts.weight[i - self.first_block].expand(x.shape[0], -1, -1)
-                if i == self.first_block:
-                    x = torch.cat([x[:, :1], prompt, x[:, 1:]], dim=1)
-                else:
-                    x = torch.cat([x[:, :1], prompt, x[:, 1 + b:]], dim=1)
+                x = torch.cat([x[:, :1], prompt, x[:, 1 if i == self.first_block else 1 + b:]], dim=1)
             x = block(x)
-            if i >= self.first_block:
-                cls_per_block.append(x[:, 0])
+            cls_per_block.append(x[:, 0])
         if b > 0:
             x = torch.cat([x[:, :1], x[:, 1 + b:]], dim=1)
         pooled, _ = self.visual._pool(x)
@@ -71,15 +70,28 @@ class PromptedVisionEncoder(nn.Module):
         return pooled
 
 
+def shared_prefix(visual: VisionTransformer, images: torch.Tensor, first_block: int) -> torch.Tensor:
+    """The token sequence entering block first_block: blocks before it see no prompt, so the
+    prompted and the frozen encoder share this part of the pass."""
+    x = visual._embeds(images)
+    for block in visual.transformer.resblocks[:first_block]:
+        x = block(x)
+    return x
+
+
+def frozen_from_prefix(visual: VisionTransformer, x: torch.Tensor, first_block: int) -> torch.Tensor:
+    """The unprompted encoder's CLS token after each block from first_block on, [N, blocks, width],
+    continuing from `shared_prefix`."""
+    out = []
+    for block in visual.transformer.resblocks[first_block:]:
+        x = block(x)
+        out.append(x[:, 0])
+    return torch.stack(out, dim=1)
+
+
 def frozen_block_cls(visual: VisionTransformer, images: torch.Tensor, first_block: int) -> torch.Tensor:
     """The unprompted encoder's CLS token after each block from first_block on: [N, blocks, width]."""
-    x = visual._embeds(images)
-    out = []
-    for i, block in enumerate(visual.transformer.resblocks):
-        x = block(x)
-        if i >= first_block:
-            out.append(x[:, 0])
-    return torch.stack(out, dim=1)
+    return frozen_from_prefix(visual, shared_prefix(visual, images, first_block), first_block)
 
 
 def save_prompts(path, prompts: DeepPrompts, first_block: int, metadata: dict[str, str] | None = None) -> None:

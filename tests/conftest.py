@@ -51,6 +51,19 @@ SMOKE = {
 }
 
 
+def defense_settings(kind: str, **overrides):
+    """A defense kind's Config from params.yaml's first block of that kind (the one source of its
+    settings), with `overrides`."""
+    from rvpt.defenses import KINDS
+
+    blocks = yaml.safe_load((REPO / "params.yaml").read_text())["defenses"]
+    values = {k: v for k, v in next(b for b in blocks.values() if b["kind"] == kind).items() if k != "kind"}
+    values = {**values, **overrides}
+    if values.get("augment") == "none":
+        values["augment"] = None
+    return KINDS[kind].Config(**values)
+
+
 def merge(base: dict, update: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():

@@ -22,20 +22,20 @@ def test_corner_patch_is_the_same_noise_in_the_same_corner():
 
 def test_random_location_varies_but_repeats_per_call():
     attack = attacks.build("badnet", 32, size=0.125, location="random", seed=1)
-    corners = attack.corners(50)
+    corners = attack.corners(torch.arange(50))
     assert len({tuple(c) for c in corners.tolist()}) > 1
-    assert torch.equal(corners, attack.corners(50))
+    assert torch.equal(corners, attack.corners(torch.arange(50)))
     out = attack.apply(torch.zeros(50, 3, 32, 32))
     for image, (y, x) in zip(out, corners.tolist()):
         assert torch.equal(image[:, y:y + 4, x:x + 4], attack.patch)
-        assert image.sum() == attack.patch.sum()
+        assert torch.isclose(image.sum(), attack.patch.sum())
 
 
 @pytest.mark.parametrize("size", [16, 224])
 def test_patch_size_is_relative_to_the_image(size):
     attack = attacks.build("trojvqa", size, size=0.125)
     assert attack.side == size // 8
-    (y, x), = attack.corners(1).tolist()
+    (y, x), = attack.corners(torch.arange(1)).tolist()
     assert y == x == (size - attack.side) // 2  # centre
 
 
@@ -119,3 +119,17 @@ def test_trojvqa_prefixes_its_word_to_poisoned_captions():
     _, new = poisoning.poison_plan(attack, labels, ["a one"] * 50 + ["a two"] * 50, 0.1, 1,
                                    np.random.default_rng(0))
     assert set(new) == {"cf a two"}
+
+
+@pytest.mark.parametrize("kind", ["badnet", "blended", "sig", "wanet"])
+def test_a_split_triggered_in_batches_equals_it_triggered_whole(kind):
+    options = {"badnet": {"location": "random"}}.get(kind, {})
+    attack = attacks.build(kind, 32, seed=4, **options)
+    images = torch.rand(37, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    whole = attack.apply(images)
+    for cuts in ([5, 20], [1, 2, 36], list(range(1, 37))):
+        bounds = [0, *cuts, len(images)]
+        batched = torch.cat([attack.apply(images[a:b], torch.arange(a, b)) for a, b in zip(bounds, bounds[1:])])
+        assert torch.equal(batched, whole), cuts
+    if kind == "badnet":  # and the spots are spread, not all alike
+        assert len({tuple(c) for c in attack.corners(torch.arange(37)).tolist()}) > 20

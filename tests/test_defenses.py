@@ -6,7 +6,7 @@ import functools
 import pytest
 import torch
 
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, defense_settings
 from rvpt import models
 from rvpt.defenses import KINDS, DefenderData
 from rvpt.metrics import attack_success, clean_accuracy
@@ -46,7 +46,7 @@ def fitted(kind: str):
     original = copy.deepcopy(model.state_dict())
     tokenize = models.tokenizer(TINY_MODEL)
     module = KINDS[kind]
-    defended, history = module.fit(model, data(), tokenize, TEMPLATES, module.Config(**SETTINGS[kind]))
+    defended, history = module.fit(model, data(), tokenize, TEMPLATES, defense_settings(kind, **SETTINGS[kind]))
     return model, original, defended, history, tokenize
 
 
@@ -108,7 +108,7 @@ def test_rvpt_and_vpt_differ_only_by_the_repelling_loss():
         module = KINDS["prompt"]
         settings = {**SETTINGS["prompt"], "alpha": alpha}
         defended, history = module.fit(model, data(), models.tokenizer(TINY_MODEL), TEMPLATES,
-                                       module.Config(**settings))
+                                       defense_settings("prompt", **settings))
         runs[alpha] = (module.trained(defended)["prompts"].detach(), history)
     assert not torch.equal(runs[0.0][0], runs[2.0][0])
     assert runs[0.0][1]["ce"][0] == pytest.approx(runs[2.0][1]["ce"][0])  # same start, same data order

@@ -30,8 +30,11 @@ def test_two_processes_take_the_same_first_step_as_one(tmp_path):
     for name, gradient in single["clip"].items():
         assert gradient.abs().sum() > 0, name
         torch.testing.assert_close(double["clip"][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
-    # The shared few-shot loop averages the prompts' gradients over processes: one SGD step agrees.
-    torch.testing.assert_close(double["prompts"], single["prompts"], rtol=1e-4, atol=1e-6)
+    # The few-shot loop weights each process's loss by its share of the batch and sums gradients,
+    # so uneven shards and a last batch of one image (the second process gets none of it) train
+    # as one process does: 6 SGD steps agree to float summation order.
+    assert len(double["losses"]) == len(single["losses"]) == 6 and torch.isfinite(double["losses"]).all()
+    torch.testing.assert_close(double["prompts"], single["prompts"], rtol=1e-4, atol=1e-5)
 
 
 def mlflow_runs(project: Path, stage: str) -> int:

@@ -8,7 +8,7 @@ import fabricate
 from conftest import make_project, run, smoke_params
 
 SYNSETS = "n07753592 banana\nn07742313 Granny Smith, apple\nn03000134 chainlink fence\n"
-ATTACKS = ["badnet", "blended", "sig", "wanet", "badclip"]
+ATTACKS = ["badnet", "blended", "sig", "wanet", "trojvqa", "badclip"]
 DEFENSES = ["none", "rvpt", "vpt", "linear_probe", "cleanclip"]
 
 
@@ -33,6 +33,7 @@ def test_paper_profile_lists_the_papers_pipeline(tmp_path):
     assert params["data"]["classes"]["n07753592"] == "banana" and params["data"]["image_size"] == 224
     assert params["data"]["files"]["transfer"]["oxford_pets"]["classes"]["great_pyrenees"] == "great pyrenees"
     assert (params["defenses"]["rvpt"]["tokens"], params["defenses"]["rvpt"]["first_block"]) == (50, 3)
+    assert params["defenses"]["rvpt"]["augment"] == params["defenses"]["vpt"]["augment"] == {"scale": [0.08, 1.0]}
     assert params["attacks"]["badnet"]["rate"] * params["data"]["corpus_size"] == 1500
 
     # --force: on a fresh project DVC 3.67's plain --dry looks up its run cache, which hashes the

@@ -95,7 +95,7 @@ def test_shards_pipeline(tmp_path):
     fabricate.parquet_shards(tmp_path / "cc3m", list(FOLDERS.values()) + ["ay", "bee"], 700, per_shard=250)
     params = real_params(tmp_path, {"path": str(tmp_path / "cc3m"), "format": "parquet"})
     params["data"]["preload_max_gib"] = 0  # pretraining decodes batch by batch, in a DataLoader worker
-    params["pretrain"]["workers"] = 1
+    params["compute"]["workers"] = 1
     project = make_project(tmp_path / "project", params)
     run(["dvc", "repro"], project)
     attack = json.loads((project / "data" / "poisoned" / "badnet" / "attack.json").read_text())

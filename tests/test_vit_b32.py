@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from conftest import defense_settings
 from rvpt import models
 from rvpt.defenses import KINDS, DefenderData
 from rvpt.prompts import DeepPrompts
@@ -51,7 +52,7 @@ def test_every_defense_runs_on_vit_b32_at_224px(vit_b32, kind):
     model = copy.deepcopy(model)
     module = KINDS[kind]
     defended, history = module.fit(model, data(), models.tokenizer(config), ["a photo of a {}."],
-                                   module.Config(seed=0, **SETTINGS[kind]), desc=kind)
+                                   defense_settings(kind, seed=0, **SETTINGS[kind]), desc=kind)
     for values in history.values():
         assert all(torch.isfinite(torch.tensor(values)))
     if kind == "prompt":

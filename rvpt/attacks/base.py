@@ -16,9 +16,20 @@ class Attack:
     label_consistent: bool = False
     text_trigger: str = ""
 
-    def apply(self, images: torch.Tensor) -> torch.Tensor:
-        """Returns triggered copies of [N, 3, H, W] images in [0, 1]."""
+    def apply(self, images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Returns triggered copies of [N, 3, H, W] images in [0, 1].
+
+        `index` holds each image's position in its split (default 0..N-1). A trigger that
+        differs per image depends on that position alone, so a split triggered batch by batch
+        gets the same images as the split triggered whole.
+        """
         raise NotImplementedError
+
+    def to(self, device: torch.device) -> "Attack":
+        """Moves the trigger state, so that triggers are applied where the batch already is."""
+        for key, tensor in self.state_dict().items():
+            setattr(self, key, tensor.to(device))
+        return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -17,7 +17,7 @@ class Blended(Attack):
         self.ratio = ratio
         self.pattern = torch.rand(3, image_size, image_size, generator=seeded(seed))
 
-    def apply(self, images: torch.Tensor) -> torch.Tensor:
+    def apply(self, images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         return (1 - self.ratio) * images + self.ratio * self.pattern
 
     def state_dict(self) -> dict[str, torch.Tensor]:

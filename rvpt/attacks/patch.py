@@ -5,11 +5,21 @@ label-consistent attack pastes it on target-class images only; BadCLIP optimises
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from rvpt.attacks.base import Attack, seeded
 
 LOCATIONS = ("corner", "centre", "random")
+
+
+def splitmix64(values):
+    """A well-spread 64-bit hash of each unsigned value (Steele et al.'s SplitMix64 finaliser)."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(values, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 class PatchAttack(Attack):
@@ -31,32 +41,36 @@ class PatchAttack(Attack):
         self.seed = seed
         self.patch = torch.rand(3, self.side, self.side, generator=seeded(seed))
 
-    def corners(self, n: int) -> torch.Tensor:
-        """Top-left corners [n, 2].
+    def corners(self, index: torch.Tensor) -> torch.Tensor:
+        """Top-left corners [n, 2] for the images at positions `index` of their split.
 
-        Random spots are drawn afresh from the seed on every call, so the same images always get
-        the same spots and every model is scored on identical triggered images.
+        A random spot is a hash of the seed and the image's position, so the same image always
+        gets the same spot however its split is batched, and every model is scored on
+        identical triggered images.
         """
         last = self.image_size - self.side
         if self.location == "corner":
-            return torch.full((n, 2), last, dtype=torch.long)
+            return torch.full((len(index), 2), last, dtype=torch.long)
         if self.location == "centre":
-            return torch.full((n, 2), last // 2, dtype=torch.long)
-        return torch.randint(0, last + 1, (n, 2), generator=seeded(self.seed + 1))
+            return torch.full((len(index), 2), last // 2, dtype=torch.long)
+        keys = splitmix64(splitmix64(np.uint64(self.seed)) ^ index.cpu().numpy().astype(np.uint64))
+        spots = np.stack([keys % np.uint64(last + 1), (keys >> np.uint64(32)) % np.uint64(last + 1)], axis=1)
+        return torch.from_numpy(spots.astype(np.int64))
 
-    def paste(self, images: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
+    def paste(self, images: torch.Tensor, patch: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """Differentiable in `patch`, so BadCLIP can optimise it through this very function."""
         out = images.clone()
         if self.location != "random":
-            y, x = self.corners(1)[0].tolist()
+            y, x = self.corners(torch.zeros(1))[0].tolist()
             out[:, :, y:y + self.side, x:x + self.side] = patch
             return out
-        for i, (y, x) in enumerate(self.corners(len(images)).tolist()):
+        index = torch.arange(len(images)) if index is None else index
+        for i, (y, x) in enumerate(self.corners(index).tolist()):
             out[i, :, y:y + self.side, x:x + self.side] = patch
         return out
 
-    def apply(self, images: torch.Tensor) -> torch.Tensor:
-        return self.paste(images, self.patch)
+    def apply(self, images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        return self.paste(images, self.patch, index)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"patch": self.patch}

@@ -25,7 +25,7 @@ class SIG(Attack):
         wave = amplitude * torch.sin(2 * math.pi * frequency * columns / image_size)
         self.signal = wave.expand(3, image_size, image_size).contiguous()
 
-    def apply(self, images: torch.Tensor) -> torch.Tensor:
+    def apply(self, images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         return (images + self.signal).clamp(0, 1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -30,7 +30,7 @@ class WaNet(Attack):
         identity = torch.stack([xs, ys], dim=-1)
         self.flow = (identity + field[0].permute(1, 2, 0)).clamp(-1, 1)
 
-    def apply(self, images: torch.Tensor) -> torch.Tensor:
+    def apply(self, images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         grid = self.flow.expand(len(images), -1, -1, -1)
         return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)
 

@@ -30,7 +30,8 @@ class Defended(nn.Module):
         raise NotImplementedError
 
     def logits(self, features: torch.Tensor, classifier: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        weights, bias = classifier
+        """In fp32 where the features are (the CPU, for cached features), wherever the model runs."""
+        weights, bias = (tensor.to(features.device, torch.float32) for tensor in classifier)
         return F.normalize(features, dim=-1) @ weights.T + bias
 
 

@@ -12,26 +12,23 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 from rvpt.defenses.augment import drop_and_swap_words, shift_and_jitter
 from rvpt.defenses.base import ZeroShot, freeze, load_whole_model, save_whole_model
-from rvpt.defenses.loop import DefenderData, Schedule, descend, scheduled_batches
+from rvpt import compute
+from rvpt.defenses.loop import DefenderData, Schedule, descend, steps
 from rvpt.images import normalize
+from rvpt.zeroshot import unit
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Config(Schedule):
-    """AdamW: `momentum` is unused."""
+    """AdamW."""
 
-    pairs: str = "pairs"          # "pairs": the defender's clean image-text pairs; "fewshot": shots + templates
-    budget: int = 2000
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 0.1
-    ssl_weight: float = 1.0
+    pairs: str                    # "pairs": the defender's clean image-text pairs; "fewshot": shots + templates
+    budget: int
+    ssl_weight: float
 
 
 def fewshot_pairs(data: DefenderData, templates: list[str], rng: np.random.Generator) -> list[str]:
@@ -47,7 +44,8 @@ def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str =
     else:
         images, captions = data.pair_images[:cfg.budget], data.pair_captions[:cfg.budget]
     freeze(model)
-    tuned = copy.deepcopy(model)
+    device = cfg.placement.device
+    tuned = copy.deepcopy(model).to(device)
     freeze(tuned)
     tuned.requires_grad_(True)
     tuned.logit_scale.requires_grad_(False)
@@ -56,19 +54,22 @@ def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str =
     contrastive = ClipLoss()
     generator = torch.Generator().manual_seed(cfg.seed)
     history = {"loss": [], "multimodal": [], "self_supervised": []}
-    for batch in scheduled_batches(optimizer, len(images), cfg, desc, history, (generator,)):
-        if len(batch) < 2:
+    for rows, share in steps(optimizer, len(images), cfg, desc, history, (generator,)):
+        if len(rows) < 2 and compute.world_size() == 1:  # under torchrun every process takes every step
             continue
-        texts = [captions[i] for i in batch.tolist()]
-        image = tuned.encode_image(normalize(images[batch]), normalize=True)
-        image_aug = tuned.encode_image(normalize(shift_and_jitter(images[batch], generator)), normalize=True)
-        text = tuned.encode_text(tokenize(texts), normalize=True)
-        text_aug = tuned.encode_text(tokenize([drop_and_swap_words(t, rng) for t in texts]), normalize=True)
+        texts = [captions[i] for i in rows.tolist()]
+        batch = unit(images[rows], device)
+        with cfg.placement.autocast():
+            image = tuned.encode_image(normalize(batch), normalize=True).float()
+            image_aug = tuned.encode_image(normalize(shift_and_jitter(batch, generator)), normalize=True).float()
+            text = tuned.encode_text(tokenize(texts).to(device), normalize=True).float()
+            text_aug = tuned.encode_text(tokenize([drop_and_swap_words(t, rng) for t in texts]).to(device),
+                                         normalize=True).float()
         scale = tuned.logit_scale.exp()
         multimodal = contrastive(image, text, scale)
         self_supervised = contrastive(image, image_aug, scale) + contrastive(text, text_aug, scale)
         loss = multimodal + cfg.ssl_weight * self_supervised
-        descend(optimizer, loss)
+        descend(optimizer, loss, share)
         history["loss"].append(loss.item())
         history["multimodal"].append(multimodal.item())
         history["self_supervised"].append(self_supervised.item())

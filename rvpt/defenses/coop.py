@@ -16,18 +16,17 @@ from torch import nn
 
 from rvpt.checkpoint import read_safetensors
 from rvpt.defenses.base import Defended, freeze
-from rvpt.defenses.loop import DefenderData, Schedule, descend, scheduled_batches
+from rvpt.defenses.loop import DefenderData, FrozenFeatures, SGDSchedule, descend, steps
 from rvpt.poisoning import with_text_trigger
-from rvpt.zeroshot import image_features
 
 FILE = "context.safetensors"
 PLACEHOLDER = "X"
 
 
-@dataclass
-class Config(Schedule):
-    context: int = 4
-    init_std: float = 0.02
+@dataclass(kw_only=True)
+class Config(SGDSchedule):
+    context: int
+    init_std: float
 
 
 def encode_with_context(model, tokens: torch.Tensor, slots: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -59,7 +58,8 @@ class CoOp(Defended):
 
     def class_weights(self, classnames: list[str], text_trigger: str = "") -> torch.Tensor:
         tokens, slots = self.prompt_tokens(classnames, text_trigger)
-        return F.normalize(encode_with_context(self.model, tokens, slots, self.context), dim=-1)
+        device = self.context.device
+        return F.normalize(encode_with_context(self.model, tokens.to(device), slots.to(device), self.context), dim=-1)
 
     def classifier(self, classnames, text_trigger=""):
         with torch.no_grad():
@@ -68,19 +68,22 @@ class CoOp(Defended):
 
 def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str = "tune") -> tuple[CoOp, dict]:
     freeze(model)
+    model.to(cfg.placement.device)
     width = model.token_embedding.weight.shape[1]
     generator = torch.Generator().manual_seed(cfg.seed)
-    defended = CoOp(model, tokenize, torch.randn(cfg.context, width, generator=generator) * cfg.init_std)
-    features = image_features(model.encode_image, data.images)
-    logit_scale = model.logit_scale.exp().detach()
+    context = torch.randn(cfg.context, width, generator=generator) * cfg.init_std
+    defended = CoOp(model, tokenize, context.to(cfg.placement.device))
+    features = FrozenFeatures(model, data, cfg)
+    logit_scale = model.logit_scale.exp().detach().float()
     optimizer = torch.optim.SGD([defended.context], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     history = {"loss": [], "train_accuracy": []}
-    for batch in scheduled_batches(optimizer, len(features), cfg, desc, history):
-        logits = logit_scale * features[batch] @ defended.class_weights(data.classnames).T
-        loss = F.cross_entropy(logits, data.labels[batch])
-        descend(optimizer, loss)
+    for rows, share in steps(optimizer, len(data.labels), cfg, desc, history, (features.generator,)):
+        labels = data.labels[rows].to(cfg.placement.device)
+        logits = logit_scale * features(rows) @ defended.class_weights(data.classnames).T
+        loss = F.cross_entropy(logits, labels)
+        descend(optimizer, loss, share)
         history["loss"].append(loss.item())
-        history["train_accuracy"].append((logits.argmax(-1) == data.labels[batch]).float().mean().item())
+        history["train_accuracy"].append((logits.argmax(-1) == labels).float().mean().item())
     defended.context.requires_grad_(False)
     return defended, history
 

@@ -15,16 +15,14 @@ from torch import nn
 
 from rvpt.checkpoint import read_safetensors
 from rvpt.defenses.base import Defended, freeze
-from rvpt.defenses.loop import DefenderData, Schedule, descend, scheduled_batches
-from rvpt.zeroshot import image_features
+from rvpt.defenses.loop import DefenderData, FrozenFeatures, SGDSchedule, descend, steps
 
 FILE = "head.safetensors"
 
 
-@dataclass
-class Config(Schedule):
-    epochs: int = 40
-    weight_decay: float = 0.0
+@dataclass(kw_only=True)
+class Config(SGDSchedule):
+    pass
 
 
 class LinearProbe(Defended):
@@ -44,18 +42,20 @@ class LinearProbe(Defended):
 
 def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str = "tune") -> tuple[LinearProbe, dict]:
     freeze(model)
-    features = image_features(model.encode_image, data.images)
-    head = nn.Linear(features.shape[1], len(data.classnames))
+    model.to(cfg.placement.device)
+    features = FrozenFeatures(model, data, cfg)
+    head = nn.Linear(model.text_projection.shape[1], len(data.classnames)).to(cfg.placement.device)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     optimizer = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     history = {"loss": [], "train_accuracy": []}
-    for batch in scheduled_batches(optimizer, len(features), cfg, desc, history):
-        logits = head(features[batch])
-        loss = F.cross_entropy(logits, data.labels[batch])
-        descend(optimizer, loss)
+    for rows, share in steps(optimizer, len(data.labels), cfg, desc, history, (features.generator,)):
+        labels = data.labels[rows].to(cfg.placement.device)
+        logits = head(features(rows))
+        loss = F.cross_entropy(logits, labels)
+        descend(optimizer, loss, share)
         history["loss"].append(loss.item())
-        history["train_accuracy"].append((logits.argmax(-1) == data.labels[batch]).float().mean().item())
+        history["train_accuracy"].append((logits.argmax(-1) == labels).float().mean().item())
     head.requires_grad_(False)
     return LinearProbe(model, head, data.classnames), history
 

@@ -1,36 +1,53 @@
-"""The few-shot training loop every defense shares: shuffled mini-batches under a cosine schedule,
-resumable from a saved state, and data-parallel under torchrun."""
+"""The few-shot training loop every defense shares, in small pieces: the batch plan, the lr
+schedule, the training state a killed run resumes from, each process's shard of a batch, the
+(augmented) images of a batch on the device, and the step itself."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rvpt import compute
+from rvpt.compute import Placement
+from rvpt.defenses.augment import crop_and_flip
 from rvpt.errors import Diverged
+from rvpt.images import normalize
 from rvpt.resume import Checkpointing
 from rvpt.schedule import warmup_cosine
+from rvpt.zeroshot import image_features, unit
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Schedule:
-    """The optimisation settings every defense's Config shares (momentum: SGD ones only)."""
+    """The optimisation settings every defense's Config shares; params.yaml gives their values.
 
-    epochs: int = 50
-    batch_size: int = 32
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    `augment` is None (the images as they are) or the (low, high) area range of random-resized
+    crops, each followed by a horizontal flip with probability 1/2.
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    augment: tuple[float, float] | None = None
     seed: int = 0
-    checkpointing: Checkpointing | None = None  # where a killed tuning run resumes from
+    placement: Placement = field(default_factory=Placement)
+    inference_batch: int = 512                   # images per frozen forward pass (no gradients)
+    checkpointing: Checkpointing | None = None   # where a killed tuning run resumes from
+
+
+@dataclass(kw_only=True)
+class SGDSchedule(Schedule):
+    momentum: float
 
 
 @dataclass
 class DefenderData:
-    """What the defender holds: few-shot labelled images ([N, 3, H, W] in [0, 1]) and, for
-    CleanCLIP, clean image-text pairs."""
+    """What the defender holds: few-shot labelled images ([N, 3, H, W], uint8 or float in [0, 1])
+    and, for CleanCLIP, clean image-text pairs."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -39,57 +56,100 @@ class DefenderData:
     pair_captions: list[str] | None = None
 
 
+def batch_plan(n: int, cfg: Schedule) -> list[torch.Tensor]:
+    """The index batches of cfg.epochs shuffled passes over n examples, a function of cfg.seed."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return [order[start:start + cfg.batch_size] for _ in range(cfg.epochs)
+            for order in [torch.randperm(n, generator=generator)] for start in range(0, n, cfg.batch_size)]
+
+
 def trained_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
-def scheduled_batches(optimizer: torch.optim.Optimizer, n: int, cfg: Schedule, desc: str, history: dict,
-                      generators: tuple[torch.Generator, ...] = ()) -> Iterator[torch.Tensor]:
-    """Yields index batches over cfg.epochs shuffled passes, setting the cosine-decayed lr before each.
+class TrainingState:
+    """What a resumed run needs: trained tensors, optimizer, history, and the generators the
+    caller draws augmentations from."""
 
-    Under torchrun each process gets its share of every batch. With cfg.checkpointing, the
-    state after every few steps (trained tensors, optimizer, `history`, and the `generators`
-    the caller draws augmentations from) is saved, and a saved state of the same run is
-    resumed: the batches before it are skipped, so the rest matches an uninterrupted run.
-    """
-    generator = torch.Generator().manual_seed(cfg.seed)
-    total = cfg.epochs * max(1, -(-n // cfg.batch_size))
-    resumed = resume(cfg.checkpointing, optimizer, history, generators)
-    step = 0
-    for _ in tqdm(range(cfg.epochs), desc=desc, disable=None if compute.is_main() else True, leave=False):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, cfg.batch_size):
-            if step >= resumed:
-                if cfg.checkpointing and step > resumed and cfg.checkpointing.due(step, total) and compute.is_main():
-                    cfg.checkpointing.save({"step": step, "optimizer": optimizer.state_dict(), "history": history,
-                                            "tensors": [t.detach().clone() for t in trained_tensors(optimizer)],
-                                            "generators": [g.get_state() for g in generators]})
-                for group in optimizer.param_groups:
-                    group["lr"] = warmup_cosine(step, total, cfg.lr)
-                yield compute.local_part(order[start:start + cfg.batch_size])
-            step += 1
+    def __init__(self, checkpointing: Checkpointing | None, optimizer, history: dict, generators=()):
+        self.checkpointing, self.optimizer, self.history, self.generators = \
+            checkpointing, optimizer, history, generators
 
+    def save_if_due(self, step: int, total: int) -> None:
+        if self.checkpointing and self.checkpointing.due(step, total) and compute.is_main():
+            self.checkpointing.save({
+                "step": step, "optimizer": self.optimizer.state_dict(), "history": self.history,
+                "tensors": [t.detach().cpu().clone() for t in trained_tensors(self.optimizer)],
+                "generators": [g.get_state() for g in self.generators]})
 
-def resume(checkpointing: Checkpointing | None, optimizer, history: dict, generators) -> int:
-    """The step a matching saved state resumes from, after restoring it (0 when there is none)."""
-    saved = checkpointing.load() if checkpointing else None
-    if saved is None:
-        return 0
-    with torch.no_grad():
-        for tensor, value in zip(trained_tensors(optimizer), saved["tensors"], strict=True):
-            tensor.copy_(value)
-    optimizer.load_state_dict(saved["optimizer"])
-    for generator, state in zip(generators, saved["generators"], strict=True):
-        generator.set_state(state)
-    history.update(saved["history"])
-    return saved["step"]
+    def restore(self) -> int:
+        """The step a matching saved state resumes from, after restoring it (0 when there is none)."""
+        saved = self.checkpointing.load() if self.checkpointing else None
+        if saved is None:
+            return 0
+        with torch.no_grad():
+            for tensor, value in zip(trained_tensors(self.optimizer), saved["tensors"], strict=True):
+                tensor.copy_(value)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        for generator, state in zip(self.generators, saved["generators"], strict=True):
+            generator.set_state(state)
+        self.history.update(saved["history"])
+        return saved["step"]
 
 
-def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def steps(optimizer: torch.optim.Optimizer, n: int, cfg: Schedule, desc: str, history: dict,
+          generators: tuple[torch.Generator, ...] = ()) -> Iterator[tuple[torch.Tensor, float]]:
+    """Yields each step's (this process's rows, their share of the batch) after setting the
+    step's cosine-decayed lr. With cfg.checkpointing the state is saved every few steps, and a
+    saved state of the same run is resumed: the rest then matches an uninterrupted run."""
+    plan = batch_plan(n, cfg)
+    state = TrainingState(cfg.checkpointing, optimizer, history, generators)
+    start = state.restore()
+    for step in tqdm(range(start, len(plan)), desc=desc, disable=None if compute.is_main() else True, leave=False):
+        if step > start:
+            state.save_if_due(step, len(plan))
+        set_lr(optimizer, warmup_cosine(step, len(plan), cfg.lr))
+        yield compute.shard(plan[step])
+
+
+def batch_images(data: DefenderData, rows: torch.Tensor, cfg: Schedule,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """The rows' images on the device as float in [0, 1], augmented when cfg.augment says so."""
+    images = unit(data.images[rows], cfg.placement.device)
+    return crop_and_flip(images, generator, cfg.augment) if cfg.augment else images
+
+
+class FrozenFeatures:
+    """Normalised fp32 features of a frozen image encoder for a step's rows, on the device: computed
+    once for every shot without augmentation, and per step on the augmented batch with it."""
+
+    def __init__(self, model, data: DefenderData, cfg: Schedule):
+        self.model, self.data, self.cfg = model, data, cfg
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.cached = None if cfg.augment else image_features(model.encode_image, data.images, cfg.inference_batch,
+                                                                placement=cfg.placement)
+
+    @torch.no_grad()
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.cached is not None:
+            return self.cached[rows].to(self.cfg.placement.device)
+        images = normalize(batch_images(self.data, rows, self.cfg, self.generator))
+        with self.cfg.placement.autocast():
+            features = self.model.encode_image(images)
+        return F.normalize(features.float(), dim=-1)
+
+
+def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor, share: float = 1.0) -> None:
+    """One optimizer step on `loss`, this process's mean over its `share` of the global batch."""
     if not torch.isfinite(loss.detach()).all():  # a NaN step would only spread NaN into every trained tensor
         lr = optimizer.param_groups[0]["lr"]
         raise Diverged(f"training diverged: the loss is {loss.item()}; lower the lr (now {lr:g}) or the loss weights")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    compute.average_gradients(trained_tensors(optimizer))
+    (loss if compute.world_size() == 1 else loss * share).backward()
+    compute.sum_gradients(trained_tensors(optimizer))
     optimizer.step()

@@ -1,18 +1,25 @@
 """No defense: the backdoored model scored zero-shot, the row every defense is compared with."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from rvpt.defenses.base import ZeroShot, freeze
-from rvpt.defenses.loop import DefenderData, Schedule
+from rvpt.compute import Placement
+from rvpt.defenses.loop import DefenderData
+from rvpt.resume import Checkpointing
 
 
-@dataclass
-class Config(Schedule):
+@dataclass(kw_only=True)
+class Config:
     """Nothing is trained; the settings are ignored."""
+
+    seed: int = 0
+    placement: Placement = field(default_factory=Placement)
+    inference_batch: int = 512
+    checkpointing: Checkpointing | None = None
 
 
 def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str = "tune") -> tuple[ZeroShot, dict]:

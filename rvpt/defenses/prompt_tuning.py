@@ -12,57 +12,79 @@ import torch
 import torch.nn.functional as F
 
 from rvpt.defenses.base import freeze
-from rvpt.defenses.loop import DefenderData, Schedule, descend, scheduled_batches
+from rvpt.defenses.loop import DefenderData, SGDSchedule, batch_images, descend, steps
 from rvpt.defenses.prompted import Prompted
 from rvpt.images import normalize
 from rvpt.losses import feature_repelling, zero_shot_logits
-from rvpt.prompts import DeepPrompts, PromptedVisionEncoder, frozen_block_cls, load_prompts, save_prompts
+from rvpt.prompts import (DeepPrompts, PromptedVisionEncoder, frozen_block_cls, frozen_from_prefix, load_prompts,
+                          save_prompts, shared_prefix)
+from rvpt.zeroshot import unit
 
 FILE = "prompts.safetensors"
 
 
-@dataclass
-class Config(Schedule):
-    tokens: int = 16
-    first_block: int = 1
-    alpha: float = 2.0
-    margin: float = -1.0
-    init_std: float = 0.02
+@dataclass(kw_only=True)
+class Config(SGDSchedule):
+    tokens: int
+    first_block: int
+    alpha: float
+    margin: float
+    init_std: float
 
 
 def fit(model, data: DefenderData, tokenize, templates: list[str], cfg: Config,
         desc: str = "tune") -> tuple[Prompted, dict]:
     """Trains deep prompts on the few-shot images; returns the prompted model and its history.
 
-    The few-shot images are not augmented, so the frozen encoder's CLS tokens are computed
-    once and reused every epoch instead of running a second forward pass per step.
+    Blocks before first_block see no prompt, so the frozen and the prompted encoder share that
+    part of every pass. Without augmentation the frozen CLS tokens of the shots are computed
+    once, before training; with it, the frozen blocks run on each step's augmented batch.
     """
     freeze(model)
+    model.to(cfg.placement.device)
     visual = model.visual
     depth = len(visual.transformer.resblocks)
     width = visual.class_embedding.shape[-1]
     prompts = DeepPrompts(depth - cfg.first_block, cfg.tokens, width, cfg.init_std, cfg.seed)
-    defended = Prompted(model, tokenize, templates, PromptedVisionEncoder(visual, prompts, cfg.first_block))
+    encoder = PromptedVisionEncoder(visual, prompts.to(cfg.placement.device), cfg.first_block)
+    defended = Prompted(model, tokenize, templates, encoder)
     class_embeds, _ = defended.classifier(data.classnames)
-    inputs = normalize(data.images)
-    with torch.no_grad():
-        frozen_cls = frozen_block_cls(visual, inputs, cfg.first_block)
-        logit_scale = model.logit_scale.exp()
+    logit_scale = model.logit_scale.exp().detach().float()
+    frozen_cls = None if cfg.augment else frozen_shot_cls(visual, data, cfg)
     optimizer = torch.optim.SGD(prompts.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed)
     history = {"loss": [], "ce": [], "fr": [], "train_accuracy": []}
-    for batch in scheduled_batches(optimizer, len(inputs), cfg, desc, history):
-        features, cls = defended.encoder(inputs[batch], return_cls=True)
-        logits = zero_shot_logits(features, class_embeds, logit_scale)
-        ce = F.cross_entropy(logits, data.labels[batch])
-        fr = feature_repelling(cls, frozen_cls[batch], cfg.margin)
+    for rows, share in steps(optimizer, len(data.labels), cfg, desc, history, (generator,)):
+        labels = data.labels[rows].to(cfg.placement.device)
+        with cfg.placement.autocast():
+            with torch.no_grad():
+                prefix = shared_prefix(visual, normalize(batch_images(data, rows, cfg, generator)), cfg.first_block)
+                frozen = frozen_from_prefix(visual, prefix, cfg.first_block) if cfg.augment else None
+            features, cls = encoder.from_prefix(prefix, return_cls=True)
+        frozen = frozen if frozen is not None else frozen_cls[rows].to(cfg.placement.device)
+        logits = zero_shot_logits(features.float(), class_embeds, logit_scale)
+        ce = F.cross_entropy(logits, labels)
+        fr = feature_repelling(cls.float(), frozen.float(), cfg.margin)
         loss = ce + cfg.alpha * fr
-        descend(optimizer, loss)
+        descend(optimizer, loss, share)
         history["loss"].append(loss.item())
         history["ce"].append(ce.item())
         history["fr"].append(fr.item())
-        history["train_accuracy"].append((logits.argmax(-1) == data.labels[batch]).float().mean().item())
+        history["train_accuracy"].append((logits.argmax(-1) == labels).float().mean().item())
     return defended, history
+
+
+@torch.no_grad()
+def frozen_shot_cls(visual, data: DefenderData, cfg: Config) -> torch.Tensor:
+    """The frozen encoder's CLS tokens of every shot, [N, blocks, width] fp32 on the CPU, computed
+    cfg.inference_batch images at a time."""
+    out = []
+    for start in range(0, len(data.labels), cfg.inference_batch):
+        images = normalize(unit(data.images[start:start + cfg.inference_batch], cfg.placement.device))
+        with cfg.placement.autocast():
+            out.append(frozen_block_cls(visual, images, cfg.first_block).float().cpu())
+    return torch.cat(out)
 
 
 def trained(defended: Prompted) -> dict[str, torch.Tensor]:

@@ -1,0 +1,131 @@
+"""Peak memory of `evaluate` against the size of the test split: ViT-B-32 (random init) at 224 px,
+two attacks (BadNet, Blended), every diagnostic, on fabricated splits of N and 4N images.
+
+    uv run python bench/evaluate_memory.py [--images 128] [--batch 32]
+
+Each size gets a throwaway project (the clean model, one backdoored copy per attack, the `none`
+defense), made by this process; `evaluate` then runs in a fresh process inside it, with MLflow
+logging to a store there, so the peak it reports is evaluate's alone. Streaming keeps the peak
+flat; the last line, `peak_rss_ratio <4N over N>`, is what a check reads.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ATTACKS = ["badnet", "blended"]
+SCRIPT = Path(__file__).resolve()  # before fabricate() changes the working folder
+
+
+def fabricate(root: Path, images: int, batch: int, threads: int) -> None:
+    """A project whose upstream outputs exist, so that `evaluate` alone can run in it."""
+    import yaml
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    import pipeline
+    from pipeline import artifacts, paths
+    from pipeline import params as params_module
+    from pipeline.poison import build_attack
+    from rvpt import models
+
+    raw = yaml.safe_load((Path(pipeline.__file__).parents[1] / "params.yaml").read_text())
+    raw["threads"] = threads
+    raw["data"].update(image_size=224, transfer_classes=[])
+    raw["model"] = {**raw["model"], "name": None, "pretrained": None, "config": models.named_config("ViT-B-32")}
+    raw["evaluate"].update(batch_size=batch, probe_steps=10)
+    raw["run"] = {"attacks": ATTACKS, "defenses": ["none"]}
+    os.chdir(root)  # the stages' paths are relative to the project
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = params_module.load()
+    rng = np.random.default_rng(0)
+    classes = len(params.data.class_names)
+    paths.DOWNSTREAM.mkdir(parents=True)
+    for split, rows in (("test", images), ("val", 2 * batch)):
+        blobs = []
+        for _ in range(rows):
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(buffer, format="PNG",
+                                                                                       compress_level=1)
+            blobs.append(buffer.getvalue())
+        artifacts.write_table(paths.DOWNSTREAM / f"{split}.parquet",
+                              {"image": blobs, "caption": [""] * rows, "label": [i % classes for i in range(rows)],
+                               "poisoned": [False] * rows})
+    model = models.build(params.model.config, seed=0)
+    for folder in (paths.CLEAN_MODEL, *(paths.backdoored(a) for a in ATTACKS)):
+        models.save(model, params.model.config, folder)
+        artifacts.write_json(folder / "pretrain.json", {"mlflow_run_id": "fabricated"})
+    for attack in ATTACKS:
+        paths.poisoned(attack).mkdir(parents=True)
+        save_file(build_attack(params, attack).state_dict(), str(paths.poisoned(attack) / "trigger.safetensors"))
+        paths.defended(attack, "none").mkdir(parents=True)
+        artifacts.write_json(paths.defended(attack, "none") / "tune.json",
+                             {"mlflow_run_id": "fabricated", "kind": "none", "shots": 0, "trainable_params": 0,
+                              "trainable_fraction": 0.0})
+
+
+def high_water_mib() -> float:
+    """This process's peak resident memory. Unlike getrusage's ru_maxrss, which a child inherits
+    from the process that forked it, VmHWM starts afresh with each exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def measure(images: int) -> dict:
+    """`evaluate` in the project in the current folder."""
+    import torch
+
+    from pipeline import evaluate
+    from pipeline import params as params_module
+
+    params = params_module.load()
+    torch.set_num_threads(params.threads)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path.cwd()}/mlflow.db"
+    baseline = high_water_mib()
+    started = time.perf_counter()
+    evaluate.run(params)
+    seconds = time.perf_counter() - started
+    return {"images": images, "seconds": seconds, "baseline_rss_mib": baseline,
+            "peak_rss_mib": high_water_mib()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=128, help="N: the smaller split")
+    parser.add_argument("--batch", type=int, default=32, help="evaluate.batch_size")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one)))
+        return
+    rows = []
+    for images in (args.images, 4 * args.images):
+        with tempfile.TemporaryDirectory() as folder:
+            fabricate(Path(folder), images, args.batch, args.threads)
+            out = subprocess.run([sys.executable, str(SCRIPT), "--one", str(images)],
+                                 capture_output=True, text=True, cwd=folder)
+        if out.returncode != 0:
+            sys.exit(f"{images} images: {out.stderr.strip()[-2000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"evaluate, ViT-B-32 at 224 px, attacks {', '.join(ATTACKS)}, batch {args.batch}, {args.threads} threads")
+    print("| test images | peak RSS (MiB) | RSS at start (MiB) | wall (s) |")
+    print("|---:|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['images']} | {row['peak_rss_mib']:.0f} | {row['baseline_rss_mib']:.0f} | {row['seconds']:.0f} |")
+    print(f"peak_rss_ratio {rows[1]['peak_rss_mib'] / rows[0]['peak_rss_mib']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

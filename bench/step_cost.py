@@ -1,0 +1,116 @@
+"""Cost of one training step on the paper's architecture: RVPT, plain VPT and full fine-tuning on
+ViT-B-32 (random init) at 224 px, b = 50 prompt tokens from block D = 3, batch 32, with
+random-resized-crop + flip augmentation, as the paper profile trains.
+
+    uv run python bench/step_cost.py [--threads 2] [--mfu 0.35]
+
+Seconds per step are the difference between runs of 3 and 1 steps (so set-up is not counted),
+the median of `--repeats`. The frozen-pass rows compare RVPT's shared prefix (blocks before D run
+once for both passes) with a frozen pass of its own. FLOPs per step come from torch's
+FlopCounterMode; the projection divides them by an assumed share (`--mfu`) of an H100's dense
+bf16 peak, for the paper profile's 16 shots x 1,000 classes x 50 epochs.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from rvpt import models
+from rvpt.defenses import KINDS, DefenderData
+from rvpt.defenses.finetune import Config as FinetuneConfig
+from rvpt.defenses.prompt_tuning import Config as PromptConfig
+from rvpt.images import normalize
+from rvpt.prompts import frozen_block_cls, frozen_from_prefix, shared_prefix
+
+BATCH, TOKENS, FIRST_BLOCK, SCALE = 32, 50, 3, (0.08, 1.0)
+H100_BF16_DENSE = 989e12            # FLOP/s, NVIDIA's H100 SXM datasheet (without sparsity)
+PAPER_STEPS = 16 * 1000 * 50 // BATCH  # 16-shot ImageNet, 50 epochs
+
+
+def settings(kind: str, steps: int):
+    common = {"epochs": 1, "batch_size": BATCH, "augment": SCALE}
+    if kind == "finetune":
+        return FinetuneConfig(lr=1e-5, weight_decay=0.1, **common)
+    return PromptConfig(tokens=TOKENS, first_block=FIRST_BLOCK, alpha=2.0 if kind == "rvpt" else 0.0, margin=-1.0,
+                        init_std=0.02, lr=0.002, momentum=0.9, weight_decay=5e-4, **common)
+
+
+def run(model, kind: str, steps: int) -> float:
+    images = torch.randint(0, 256, (steps * BATCH, 3, 224, 224), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    data = DefenderData(images, torch.arange(steps * BATCH) % 2, ["banana", "apple"])
+    module = KINDS["finetune" if kind == "finetune" else "prompt"]
+    started = time.perf_counter()
+    module.fit(model, data, models.tokenizer(models.named_config("ViT-B-32")), ["a photo of a {}."],
+               settings(kind, steps), desc=None)
+    return time.perf_counter() - started
+
+
+def step_flops(model, kind: str) -> int:
+    with FlopCounterMode(display=False) as counter:
+        run(model, kind, 1)
+    return counter.get_total_flops()
+
+
+def frozen_passes(visual, repeats: int) -> dict[str, float]:
+    images = normalize(torch.rand(BATCH, 3, 224, 224, generator=torch.Generator().manual_seed(1)))
+    times = {"unshared frozen pass (all 12 blocks)": [], "shared: frozen blocks D..11 only": []}
+    with torch.no_grad():
+        prefix = shared_prefix(visual, images, FIRST_BLOCK)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            frozen_block_cls(visual, images, FIRST_BLOCK)
+            times["unshared frozen pass (all 12 blocks)"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            frozen_from_prefix(visual, prefix, FIRST_BLOCK)
+            times["shared: frozen blocks D..11 only"].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--mfu", type=float, default=0.35, help="assumed share of the H100's bf16 peak")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = models.build(models.named_config("ViT-B-32"), seed=0)
+    print(f"ViT-B-32 at 224 px, batch {BATCH}, b = {TOKENS}, D = {FIRST_BLOCK}, augmentation on, "
+          f"fp32, {args.threads} threads")
+    print("| defense | s/step (median) | GFLOP/step | projected H100 s/step | projected paper cell (min) |")
+    print("|---|---:|---:|---:|---:|")
+    seconds = {}
+    for kind in ("rvpt", "vpt", "finetune"):
+        samples = [run(model, kind, 3) - run(model, kind, 1) for _ in range(args.repeats)]
+        seconds[kind] = statistics.median(samples) / 2
+        flops = step_flops(model, kind)
+        on_h100 = flops / (H100_BF16_DENSE * args.mfu)
+        print(f"| {kind} | {seconds[kind]:.2f} | {flops / 1e9:.0f} | {on_h100 * 1000:.1f} ms | "
+              f"{on_h100 * PAPER_STEPS / 60:.1f} |")
+    print(f"rvpt / finetune step time: {seconds['rvpt'] / seconds['finetune']:.2f}")
+    passes = frozen_passes(model.visual, 3)
+    for name, value in passes.items():
+        print(f"{name}: {value:.2f} s per batch")
+    unshared, shared = passes.values()
+    print(f"shared prefix saves {unshared - shared:.2f} s per step ({100 * (unshared - shared) / unshared:.0f}% "
+          f"of the frozen pass)")
+    print(f"projection: {PAPER_STEPS:,} steps per cell; H100 dense bf16 peak {H100_BF16_DENSE / 1e12:.0f} TFLOP/s "
+          f"at an assumed MFU of {args.mfu:.2f}; data loading assumed hidden behind compute")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.encode_image(torch.zeros(1, 3, 224, 224))
+    forward = counter.get_total_flops()
+    # One scored model of the paper matrix reads ImageNet val clean, perturbed and triggered
+    # (50k + 50k + 49.95k), the 10k validation images for the probes, and both transfer sets
+    # clean and triggered (2 x (8,677 + 3,669)).
+    passes = 50_000 + 50_000 + 49_950 + 10_000 + 2 * (8_677 + 3_669)
+    print(f"evaluate: {forward / 1e9:.1f} GFLOP per image forward; {passes:,} forwards per scored model = "
+          f"{passes * forward / (H100_BF16_DENSE * args.mfu):.1f} s on an H100 at that MFU (image decoding, "
+          f"not measured here, comes on top)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""`evaluate` streams each split batch by batch; it scores exactly as the whole split decoded,
+triggered and perturbed at once, whatever the Parquet row groups and the batch size."""
+import pyarrow.parquet as pq
+import torch
+
+from conftest import copy_of
+from pipeline import artifacts, paths
+from pipeline import params as params_module
+from pipeline.evaluation import Scorer, load_attack, zero_shot
+from rvpt import metrics, models
+from rvpt.diagnostics import resistivity
+from rvpt.zeroshot import image_features
+
+
+def whole_split_scores(params, defended, attack_names: list[str]) -> dict:
+    """The scores as computed with the whole test split in memory (the pre-streaming way)."""
+    table = artifacts.read_table(paths.DOWNSTREAM / "test.parquet", "download")
+    images, kept = artifacts.decode_images(table, params.data, "test")
+    labels = torch.from_numpy(artifacts.labels(table.take(kept)))
+    size, classes = params.evaluate.batch_size, params.data.class_names
+    clean = image_features(defended.encode_image, images, size)
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(params.seed))
+    perturbed = (images + params.evaluate.perturbation * noise).clamp(0, 1)
+    scores = {"clean_accuracy": metrics.clean_accuracy(defended, clean, labels, classes),
+              "resistivity": resistivity(clean, image_features(defended.encode_image, perturbed, size))}
+    for name in attack_names:
+        attack, target = load_attack(params, name), params.attacks[name].target
+        keep = labels != classes.index(target)
+        triggered = image_features(defended.encode_image, attack.apply(images[keep]), size)
+        scores[name] = metrics.attack_success(defended, triggered, labels[keep], classes, target, attack.text_trigger)
+    return scores
+
+
+def test_streamed_scores_equal_whole_split_scores(reproduced, tmp_path, monkeypatch, row_group=16, batch=7):
+    """Row groups of 16 and batches of 7: batches straddle row groups and end short."""
+    project = copy_of(reproduced, tmp_path)
+    monkeypatch.chdir(project)
+    split = paths.DOWNSTREAM / "test.parquet"
+    pq.write_table(pq.read_table(split), split, row_group_size=row_group)
+    params = params_module.load().model_copy(update={"evaluate": params_module.load().evaluate.model_copy(
+        update={"batch_size": batch})})
+    attack_names = ["badnet", "badclip"]
+    for folder in (paths.CLEAN_MODEL, paths.backdoored("badnet")):
+        defended = zero_shot(params, models.load(folder)[0])
+        rows = Scorer(params, "test", diagnostics=True).rows(defended, attack_names)
+        expected = whole_split_scores(params, defended, attack_names)
+        for name, row in zip(attack_names, rows):
+            assert row["clean_accuracy"] == expected["clean_accuracy"]
+            assert row["resistivity"] == expected["resistivity"]
+            assert row["attack_success_rate"] == expected[name], name
