@@ -38,7 +38,8 @@ def fit(model, data: DefenderData, tokenize, templates: list[str], cfg: Config,
 
     Blocks before first_block see no prompt, so the frozen and the prompted encoder share that
     part of every pass. Without augmentation the frozen CLS tokens of the shots are computed
-    once, before training; with it, the frozen blocks run on each step's augmented batch.
+    once, before training; with it, the frozen blocks run on each step's augmented batch, and
+    only when L_FR counts (alpha > 0).
     """
     freeze(model)
     model.to(cfg.placement.device)
@@ -50,6 +51,8 @@ def fit(model, data: DefenderData, tokenize, templates: list[str], cfg: Config,
     defended = Prompted(model, tokenize, templates, encoder)
     class_embeds, _ = defended.classifier(data.classnames)
     logit_scale = model.logit_scale.exp().detach().float()
+    # Plain VPT on augmented batches skips the frozen pass; L_FR is still logged where it is free.
+    repel = cfg.alpha > 0
     frozen_cls = None if cfg.augment else frozen_shot_cls(visual, data, cfg)
     optimizer = torch.optim.SGD(prompts.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
@@ -60,19 +63,22 @@ def fit(model, data: DefenderData, tokenize, templates: list[str], cfg: Config,
         with cfg.placement.autocast():
             with torch.no_grad():
                 prefix = shared_prefix(visual, normalize(batch_images(data, rows, cfg, generator)), cfg.first_block)
-                frozen = frozen_from_prefix(visual, prefix, cfg.first_block) if cfg.augment else None
+                frozen = frozen_from_prefix(visual, prefix, cfg.first_block) if repel and cfg.augment else None
             features, cls = encoder.from_prefix(prefix, return_cls=True)
-        frozen = frozen if frozen is not None else frozen_cls[rows].to(cfg.placement.device)
+        if frozen_cls is not None:
+            frozen = frozen_cls[rows].to(cfg.placement.device)
         logits = zero_shot_logits(features.float(), class_embeds, logit_scale)
         ce = F.cross_entropy(logits, labels)
-        fr = feature_repelling(cls.float(), frozen.float(), cfg.margin)
-        loss = ce + cfg.alpha * fr
+        loss = ce
+        if frozen is not None:
+            fr = feature_repelling(cls.float(), frozen.float(), cfg.margin)
+            loss = ce + cfg.alpha * fr
+            history["fr"].append(fr.item())
         descend(optimizer, loss, share)
         history["loss"].append(loss.item())
         history["ce"].append(ce.item())
-        history["fr"].append(fr.item())
         history["train_accuracy"].append((logits.argmax(-1) == labels).float().mean().item())
-    return defended, history
+    return defended, {key: values for key, values in history.items() if values}
 
 
 @torch.no_grad()
