@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import time
+
+from isolated import measured
 
 DEFENSES = ["rvpt", "vpt", "finetune", "cleanclip", "linear_probe", "coop"]
 
@@ -66,11 +66,7 @@ def main() -> None:
         return
     rows = []
     for name in DEFENSES:
-        out = subprocess.run([sys.executable, __file__, "--attack", args.attack, "--one", name],
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f"{name}: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(measured([__file__, "--attack", args.attack, "--one", name], name))
     print(f"defense cost on models/{args.attack}, {rows[0]['steps'] // rows[0]['epochs']} steps/epoch for rvpt")
     print("| defense | epochs | steps | total s | s/epoch | ms/step | peak RSS MiB (before fit) | trainable |")
     print("|---|---|---|---|---|---|---|---|")

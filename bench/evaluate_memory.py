@@ -14,13 +14,13 @@ import argparse
 import io
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from isolated import measured
 
 ATTACKS = ["badnet", "blended"]
 SCRIPT = Path(__file__).resolve()  # before fabricate() changes the working folder
@@ -114,11 +114,7 @@ def main() -> None:
     for images in (args.images, 4 * args.images):
         with tempfile.TemporaryDirectory() as folder:
             fabricate(Path(folder), images, args.batch, args.threads)
-            out = subprocess.run([sys.executable, str(SCRIPT), "--one", str(images)],
-                                 capture_output=True, text=True, cwd=folder)
-        if out.returncode != 0:
-            sys.exit(f"{images} images: {out.stderr.strip()[-2000:]}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            rows.append(measured([str(SCRIPT), "--one", str(images)], f"{images} images", cwd=folder))
     print(f"evaluate, ViT-B-32 at 224 px, attacks {', '.join(ATTACKS)}, batch {args.batch}, {args.threads} threads")
     print("| test images | peak RSS (MiB) | RSS at start (MiB) | wall (s) |")
     print("|---:|---:|---:|---:|")
