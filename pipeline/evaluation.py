@@ -103,7 +103,7 @@ class Scorer:
         device, size = self.placement.device, self.params.evaluate.batch_size
         clean = Encoder(defended.encode_image, size, self.placement)
         noisy = Encoder(defended.encode_image, size, self.placement) if perturb else None
-        noise = PixelNoise(self.params.evaluate.perturbation, self.params.seed)
+        noise = PixelNoise(self.params.evaluate.perturbation, self.params.seed) if perturb else None
         triggered = {name: Encoder(defended.encode_image, size, self.placement) for name in attack_names}
         targets = {name: self.params.attacks[name].target for name in attack_names}
         labels, index, kept = [], [], {name: [] for name in attack_names}

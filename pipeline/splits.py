@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline import artifacts
 from rvpt.errors import BadInput
-from rvpt.images import decode_image
+from rvpt.images import check_skipped, decode_image
 from rvpt.world import FACTORS
 
 if TYPE_CHECKING:
@@ -65,7 +65,8 @@ class Split:
         path = artifacts.require(path, made_by)
         files = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
         try:
-            small = [name for name in pq.read_schema(files[0]).names if name == "label" or name.startswith("factor_")]
+            columns = pq.read_schema(files[0]).names
+            small = [name for name in columns if name == "label" or name.startswith("factor_")]
             table = pa.concat_tables([pq.read_table(file, columns=small) for file in files])
             self.groups, first = [], 0
             for file in files:
@@ -75,7 +76,7 @@ class Split:
                     first += metadata.row_group(group).num_rows
         except (pa.ArrowInvalid, OSError, IndexError) as error:
             raise BadInput(f"{path}: not a readable Parquet table ({error})") from None
-        if "label" not in table.column_names or "image" not in pq.read_schema(files[0]).names:
+        if "label" not in columns or "image" not in columns:
             raise BadInput(f"{path}: missing columns (needs image and label; made by `{made_by}`)")
         self.path, self.data = path, data
         self.labels = torch.from_numpy(artifacts.labels(table))
@@ -106,9 +107,7 @@ class Split:
             skipped += reasons
             if len(pixels):
                 yield Chunk(pixels.permute(0, 3, 1, 2), self.labels[index], index)
-        if skipped and (len(skipped) > self.data.max_bad_fraction * len(self) or len(skipped) == len(self)):
-            raise BadInput(f"{len(skipped)} of {len(self)} images unreadable, over the allowed share "
-                           f"{self.data.max_bad_fraction:g} (data.max_bad_fraction); first: {skipped[0]}")
+        check_skipped(skipped, len(self), self.data.max_bad_fraction)
         if skipped and not self.checked:
             artifacts.warn(f"{self.path}: skipped {len(skipped)} of {len(self)} unreadable images "
                            f"(first: {skipped[0]})")

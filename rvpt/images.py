@@ -167,10 +167,15 @@ def decode_many(blobs: list[bytes] | list[Path], size: int, where: str, max_bad_
         pixels.append(array)
         kept.append(i)
         scaled += wide
-    if skipped and (len(skipped) > max_bad_fraction * len(blobs) or not kept):
-        raise BadInput(f"{len(skipped)} of {len(blobs)} images unreadable, over the allowed share "
-                       f"{max_bad_fraction:g} (data.max_bad_fraction); first: {skipped[0]}")
+    check_skipped(skipped, len(blobs), max_bad_fraction)
     return Decoded(np.stack(pixels), np.asarray(kept, dtype=np.int64), skipped, scaled)
+
+
+def check_skipped(skipped: list[str], total: int, max_bad_fraction: float) -> None:
+    """BadInput when the unreadable images are over `max_bad_fraction` of `total`, or are all of them."""
+    if skipped and (len(skipped) > max_bad_fraction * total or len(skipped) == total):
+        raise BadInput(f"{len(skipped)} of {total} images unreadable, over the allowed share "
+                       f"{max_bad_fraction:g} (data.max_bad_fraction); first: {skipped[0]}")
 
 
 def to_unit_tensor(pixels: np.ndarray) -> torch.Tensor:
