@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from pipeline.command import ARGV, bounded, execute, fail, plain, preflight, selected
+from rvpt.errors import BadInput
 
 app = typer.Typer(help="Backdoor CLIP on purpose, defend it with RVPT, and measure both.\n\n"
                        "`dvc repro` runs the whole pipeline; `rvpt stage NAME` runs one stage of it; "
@@ -96,7 +97,8 @@ def tune(params: Path = PARAMS,
          epochs: Optional[int] = typer.Option(None, help="Passes over the defender's data."),
          tokens: Optional[int] = typer.Option(None, help="Prompt tokens per block, b (prompt defenses)."),
          first_block: Optional[int] = typer.Option(None, help="First prompted block, 0-based, D (prompt defenses)."),
-         lr: Optional[float] = typer.Option(None, help="Learning rate.")):
+         lr: Optional[float] = typer.Option(None, help="Learning rate."),
+         defense_seed: Optional[int] = typer.Option(None, help="The defense's own seed (tune.seed).")):
     """Defend each backdoored model with the defender's clean data (RVPT, VPT, baselines).
 
     Options other than --attack and --shots change one defense's settings, so they need --defense.
@@ -115,7 +117,7 @@ def tune(params: Path = PARAMS,
     given = [name for name, value in settings.items() if value is not None]
     if given and defense is None:
         fail(f"--{given[0].replace('_', '-')} needs --defense (it is a setting of one defense)")
-    overrides = {"sample.shots": ("--shots", shots)}
+    overrides = {"sample.shots": ("--shots", shots), "tune.seed": ("--defense-seed", defense_seed)}
     if defense is not None:
         overrides.update({f"defenses.{defense}.{name}": (f"--{name.replace('_', '-')}", value)
                           for name, value in settings.items()})
@@ -146,6 +148,22 @@ def report(params: Path = PARAMS):
     from pipeline import report as stage
 
     execute("report", params, {}, stage.run, label="rvpt report")
+
+
+@app.command()
+def calibrate(summary: Path = typer.Option(Path("results/summary.json"), help="Matrix to compare (rvpt stage evaluate "
+                                                                             "writes it).")):
+    """Print every paper cell's ASR category (removed / partial / survives) beside ours, and the share that match."""
+    from pipeline import artifacts, calibration
+
+    try:
+        document = artifacts.read_json(summary, "rvpt stage evaluate")
+    except BadInput as error:
+        fail(str(error))
+    rows = document.get("rows") if isinstance(document, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        fail(f"{summary}: not a summary.json (it needs a list of rows)")
+    typer.echo(calibration.markdown(calibration.compare(rows, calibration.paper_cells())))
 
 
 @app.command()

@@ -20,7 +20,7 @@ def settings(params: Params, name: str, checkpointing: Checkpointing | None = No
     values = spec.model_dump(exclude={"kind"})
     if "augment" in values:
         values["augment"] = None if values["augment"] == "none" else tuple(values["augment"]["scale"])
-    return KINDS[spec.kind].Config(**values, seed=params.seed, checkpointing=checkpointing,
+    return KINDS[spec.kind].Config(**values, seed=params.tune.seed, checkpointing=checkpointing,
                                    placement=compute.placement(params.compute.device, params.compute.precision),
                                    inference_batch=params.evaluate.batch_size)
 
@@ -28,7 +28,7 @@ def settings(params: Params, name: str, checkpointing: Checkpointing | None = No
 def fit(params: Params, name: str, model, data, tokenize, templates: list[str], desc: str,
         checkpointing: Checkpointing | None = None):
     """(defended model, training history)."""
-    torch.manual_seed(params.seed)
+    torch.manual_seed(params.tune.seed)
     kind = KINDS[params.defenses[name].kind]
     return kind.fit(model, data, tokenize, templates, settings(params, name, checkpointing), desc=desc)
 

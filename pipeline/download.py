@@ -115,7 +115,7 @@ def from_glyphs(params: Params) -> str:
     data = params.data
     task = list(range(len(data.class_names)))
     transfer = [len(task) + i for i in range(len(data.transfer_classes))]
-    world = GlyphWorld(data.class_names + data.transfer_classes, data.image_size, data.max_offset)
+    world = GlyphWorld(data.world_classes, data.image_size, data.max_offset, data.distractors, data.noise)
     sizes = {"train": data.train_per_class, "val": data.val_per_class, "test": data.test_per_class}
     with stage_run("download", params.tracking.experiment, {"seed": params.seed, "data": data.model_dump()}) as log:
         with artifacts.atomic_dir(paths.CLEAN) as out:
@@ -137,5 +137,5 @@ def from_glyphs(params: Params) -> str:
         log.metric("corpus_pairs", data.corpus_size)
         for split in SPLITS:
             log.metric(f"{split}_images", sizes[split] * len(task))
-    return (f"wrote {paths.CLEAN}: {data.corpus_size} pairs over {len(task) + len(transfer)} classes, "
+    return (f"wrote {paths.CLEAN}: {data.corpus_size} pairs over {len(data.world_classes)} classes, "
             f"{data.defender_pairs} defender pairs")

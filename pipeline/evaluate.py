@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
-from pipeline import artifacts, paths
+from pipeline import artifacts, calibration, paths
 from pipeline.evaluation import Scorer, load_backdoored, zero_shot
 from pipeline.params import Params
 from pipeline.summary import markdown
@@ -74,7 +74,8 @@ def run(params: Params) -> str:
             for a in params.run.attacks})
         artifacts.write_text(paths.RESULTS / "summary.md",
                              markdown(rows, params.run.attacks, [CLEAN_ROW, *params.run.defenses],
-                                      list(params.data.transfer_sets())))
+                                      list(params.data.transfer_sets())) + "\n"
+                             + calibration.markdown(calibration.compare(rows, calibration.paper_cells())))
         for row in rows:
             for key in keys:
                 if row.get(key) is not None:

@@ -21,7 +21,9 @@ from rvpt.checkpoint import read_safetensors
 from rvpt.attacks import Attack
 from rvpt.defenses import Defended, ZeroShot
 from rvpt.errors import BadInput
-from rvpt.diagnostics import PixelNoise
+from rvpt.diagnostics import LayerResistivity, PixelNoise
+from rvpt.images import normalize
+from rvpt.perturbations import KINDS, Perturber, Settings
 from rvpt.world import FACTORS
 from rvpt.zeroshot import Encoder, unit
 
@@ -70,6 +72,7 @@ class Features:
     index: torch.Tensor
     perturbed: torch.Tensor | None
     triggered: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    layers: dict[str, list[float]]  # layer-wise resistivity per perturbation kind (when perturbed)
 
 
 class Scorer:
@@ -104,6 +107,9 @@ class Scorer:
         clean = Encoder(defended.encode_image, size, self.placement)
         noisy = Encoder(defended.encode_image, size, self.placement) if perturb else None
         noise = PixelNoise(self.params.evaluate.perturbation, self.params.seed) if perturb else None
+        perturber = Perturber(Settings(**self.params.evaluate.layer_perturbations.model_dump(),
+                                       seed=self.params.seed)) if perturb else None
+        layers = {kind: LayerResistivity() for kind in KINDS} if perturb else {}
         triggered = {name: Encoder(defended.encode_image, size, self.placement) for name in attack_names}
         targets = {name: self.params.attacks[name].target for name in attack_names}
         labels, index, kept = [], [], {name: [] for name in attack_names}
@@ -112,6 +118,11 @@ class Scorer:
             clean.add(images)
             if noisy:
                 noisy.add(noise(images))
+            if layers:
+                with self.placement.autocast():
+                    reference = defended.block_cls(normalize(images))
+                    for kind, layer in layers.items():
+                        layer.add(reference, defended.block_cls(normalize(perturber(kind, images, batch.index))))
             for name, encoder in triggered.items():
                 keep = batch.labels != classes.index(targets[name]) if targets[name] in classes \
                     else torch.ones_like(batch.labels, dtype=torch.bool)
@@ -120,7 +131,8 @@ class Scorer:
             labels.append(batch.labels)
             index.append(batch.index)
         return Features(clean.finish(), torch.cat(labels), torch.cat(index), noisy.finish() if noisy else None,
-                        {name: (encoder.finish(), torch.cat(kept[name])) for name, encoder in triggered.items()})
+                        {name: (encoder.finish(), torch.cat(kept[name])) for name, encoder in triggered.items()},
+                        {kind: layer.per_block() for kind, layer in layers.items()})
 
     def attack_success(self, defended: Defended, attack_name: str, features: Features, classes) -> float | None:
         triggered, labels = features.triggered[attack_name]
@@ -161,6 +173,7 @@ class Scorer:
             probes[name] = diagnostics_lib.probe_accuracy(probe.clean, train, test.clean, held,
                                                           self.params.evaluate.probe_steps)
         out = {"resistivity": diagnostics_lib.resistivity(test.clean, test.perturbed),
+               "layer_resistivity": test.layers,
                "nuisance_probe_accuracy": float(np.mean(list(probes.values()))) if probes else None,
                "nuisance_probe": probes}
         for task, (features, classes) in transfer.items():

@@ -78,7 +78,11 @@ class Pretrain(Strict):
     poisoned: ClipTraining
 
 
-class PatchOptimisation(Strict):
+TRAINED_TRIGGERS = ("badclip", "issba")
+
+
+class TriggerTraining(Strict):
+    """What the attacker trains before poisoning: BadCLIP's patch, ISSBA's encoder-decoder."""
     steps: int = Field(gt=0, le=MAX_STEPS)
     batch_size: int = Field(gt=1, le=MAX_BATCH)
     lr: float = Field(gt=0, le=MAX_LR)
@@ -90,14 +94,15 @@ class Attack(Strict):
     target: str = Field(max_length=MAX_TEXT)
     rate: float = Field(gt=0, le=1)
     options: dict[str, Any] = Field(default={}, max_length=20)
-    optimise: PatchOptimisation | None = None
+    optimise: TriggerTraining | None = None
 
     @model_validator(mode="after")
     def _known_kind(self):
         if self.kind not in ATTACKS:
             raise ValueError(f"unknown attack kind {shown(self.kind)}; known: {', '.join(sorted(ATTACKS))}")
-        if (self.kind == "badclip") != (self.optimise is not None):
-            raise ValueError("`optimise` is required for kind badclip and allowed only there")
+        if (self.kind in TRAINED_TRIGGERS) != (self.optimise is not None):
+            raise ValueError(f"`optimise` is required for kinds {' and '.join(TRAINED_TRIGGERS)} and allowed only "
+                             f"there")
         for key, value in self.options.items():
             if not isinstance(value, (str, int, float, bool)) or (isinstance(value, float) and not math.isfinite(value)):
                 raise ValueError(f"options.{key}: {shown(value)} must be a finite number, a word or a flag")
@@ -108,6 +113,7 @@ class Attack(Strict):
 
 class Tune(Strict):
     checkpoint_every: int = Field(ge=0, le=MAX_STEPS)
+    seed: int = Field(ge=0, lt=2 ** 32)  # the defense's own: initialisation, batch order, augmentation
 
 
 class Compute(Strict):
@@ -131,9 +137,23 @@ class Sample(Strict):
     shots: int = Field(gt=0, le=100_000)
 
 
+class LayerPerturbations(Strict):
+    noise_std: float = Field(gt=0, le=1)
+    blur_kernel: int = Field(ge=3, le=31)
+    brightness: float = Field(ge=0, lt=1)
+    hue: float = Field(ge=0, le=0.5)
+
+    @model_validator(mode="after")
+    def _odd(self):
+        if self.blur_kernel % 2 == 0:
+            raise ValueError(f"blur_kernel: {self.blur_kernel} must be odd")
+        return self
+
+
 class Evaluate(Strict):
     batch_size: int = Field(gt=0, le=MAX_BATCH)
     perturbation: float = Field(gt=0, le=1)
+    layer_perturbations: LayerPerturbations
     probe_steps: int = Field(gt=0, le=10 ** 6)
 
 
@@ -209,11 +229,12 @@ class Params(Strict):
     def _fits_model(self, where: str, defense) -> None:
         """Sizes that only make sense relative to the model: prompt depth and count, CoOp's context."""
         depth, patches = self.model.vision_depth, self.model.patch_tokens
-        if defense.kind == "prompt":
-            if depth is None:
-                raise ValueError(f"{where}: prompts need a ViT image tower (model.config.vision_cfg)")
-            if defense.first_block >= depth:
+        if defense.kind in ("prompt", "finetune"):
+            if depth is None and (defense.kind == "prompt" or defense.alpha > 0):
+                raise ValueError(f"{where}: prompts and L_FR need a ViT image tower (model.config.vision_cfg)")
+            if depth is not None and defense.first_block >= depth:
                 raise ValueError(f"{where}.first_block: {defense.first_block} must be below the {depth} vision blocks")
+        if defense.kind == "prompt":
             most = PROMPTS_PER_TOKEN * (patches + 1)
             if defense.tokens > most:
                 raise ValueError(f"{where}.tokens: {defense.tokens} is over {most}, {PROMPTS_PER_TOKEN} x the "

@@ -146,6 +146,9 @@ class Data(Strict):
     defender_pairs: int = Field(ge=0, le=MAX_COUNT)
     shard_rows: int = Field(gt=0, le=10 ** 7)
     max_offset: int = Field(ge=0, le=64)
+    concepts: list[str] = Field(max_length=MAX_CLASSES)
+    distractors: int = Field(ge=0, le=8)
+    noise: float = Field(ge=0, le=1)
     max_bad_fraction: float = Field(ge=0, le=1)
     max_image_pixels: int = Field(gt=0, le=2 ** 31)
     preload_max_gib: float = Field(ge=0, le=2 ** 20)
@@ -156,20 +159,25 @@ class Data(Strict):
         files = self.source == "files"
         check_classes(self.classes, "classes", folders=files)
         check_names(self.class_names + self.transfer_classes, "transfer_classes")
+        check_names(self.class_names + self.transfer_classes + self.concepts, "concepts")
         if files and self.files is None:
             raise ValueError("source files needs data.files (corpus, downstream)")
-        if files and self.transfer_classes:
-            raise ValueError("transfer_classes belong to the glyph world; files take data.files.transfer")
+        if files and (self.transfer_classes or self.concepts or self.distractors or self.noise):
+            raise ValueError("transfer_classes, concepts, distractors and noise belong to the glyph world; files "
+                             "take data.files")
         if not files:
             if isinstance(self.classes, dict):
                 raise ValueError("classes: a mapping folder -> name is for data.source files; glyphs take a list")
-            unknown = [name for name in self.class_names + self.transfer_classes if name not in GLYPHS]
+            unknown = [name for name in self.world_classes if name not in GLYPHS]
             if unknown:
                 raise ValueError(f"classes: {shown(unknown[0])} has no glyph to render; the glyph world knows "
                                  f"{', '.join(sorted(GLYPHS))}")
             if self.max_offset * 4 > self.image_size:
                 raise ValueError(f"max_offset: {self.max_offset} px moves a glyph off a {self.image_size} px image "
                                  f"(at most a quarter of the side)")
+            if self.distractors >= len(self.world_classes):
+                raise ValueError(f"distractors: {self.distractors} distinct other glyphs per scene need more than "
+                                 f"{len(self.world_classes)} classes in the world")
         for name in (self.files.transfer if self.files else {}):
             if not name.isidentifier():
                 raise ValueError(f"files.transfer: {shown(name)} must be a plain name (letters, digits, _)")
@@ -178,6 +186,11 @@ class Data(Strict):
     @property
     def class_names(self) -> list[str]:
         return class_folders(self.classes)[0]
+
+    @property
+    def world_classes(self) -> list[str]:
+        """Every glyph the corpus shows: the task's, the transfer task's, then the corpus-only concepts."""
+        return self.class_names + self.transfer_classes + self.concepts
 
     @property
     def class_folders(self) -> list[str]:

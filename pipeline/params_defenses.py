@@ -65,6 +65,8 @@ class LinearProbeDefense(SGDTraining):
 
 class FinetuneDefense(Augmented):
     kind: Literal["finetune"]
+    alpha: float = Field(ge=0, le=MAX_WEIGHT)  # weight of L_FR; 0 is plain CE fine-tuning
+    first_block: int = Field(ge=0)             # bounded by the model's depth (pipeline.params)
 
 
 class CleanCLIPDefense(Training):

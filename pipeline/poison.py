@@ -45,6 +45,36 @@ def optimise_badclip(params: Params, attack: attacks.BadCLIP, name: str, table, 
                                   decode(targets), text, config)
 
 
+def train_issba(params: Params, attack: attacks.ISSBA, name: str, table) -> list[float]:
+    """The attacker's steganography encoder-decoder, trained on random corpus images of any class."""
+    spec = params.attacks[name].optimise
+    rows = np.sort(np.random.default_rng(params.seed).permutation(table.num_rows)[:spec.images])
+    images = artifacts.decode_images(table.take(rows), params.data, str(paths.CORPUS))[0]
+    config = attacks.StegaTraining(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, seed=params.seed)
+    return attacks.train_stega(attack, images, config)
+
+
+def train_trigger(params: Params, attack: attacks.Attack, name: str, table, labels, target) -> list[float]:
+    """Whatever the attacker trains before poisoning; the loss per step (none for a fixed trigger)."""
+    if isinstance(attack, attacks.BadCLIP):
+        return optimise_badclip(params, attack, name, table, labels, target)
+    if isinstance(attack, attacks.ISSBA):
+        return train_issba(params, attack, name, table)
+    return []
+
+
+def trigger_quality(attack: attacks.Attack, images: torch.Tensor, triggered: torch.Tensor) -> dict[str, float]:
+    """How visible the trigger is on the poisoned images (PSNR), and for ISSBA how well its
+    decoder reads the secret back."""
+    if not len(images):
+        return {}
+    error = ((triggered - images) ** 2).flatten(1).mean(1).clamp(min=1e-12)
+    out = {"trigger_psnr_db": float((-10 * torch.log10(error)).mean())}
+    if isinstance(attack, attacks.ISSBA):
+        out["secret_bit_accuracy"] = attacks.bit_accuracy(attack, images)
+    return out
+
+
 def needs(params: Params, attack_name: str):
     """Upstream outputs (with the command that makes each) and the output, for artifacts.preflight."""
     inputs = [(paths.CORPUS, "rvpt stage download")]
@@ -60,8 +90,7 @@ def run(params: Params, attack_name: str) -> str:
     target = params.data.class_names.index(spec.target)
     labels = poisoning.label_unlabelled(artifacts.labels(table), table.column("caption").to_pylist(), spec.target,
                                         target)
-    losses = optimise_badclip(params, attack, attack_name, table, labels, target) \
-        if isinstance(attack, attacks.BadCLIP) else []
+    losses = train_trigger(params, attack, attack_name, table, labels, target)
     rng = np.random.default_rng(params.seed)
     columns = {name: table.column(name).to_pylist() for name in ("image", "caption", "label", "poisoned")}
     try:
@@ -76,6 +105,7 @@ def run(params: Params, attack_name: str) -> str:
         columns["caption"][row] = caption
         columns["poisoned"][row] = True
     extra = {name: table.column(name).to_pylist() for name in table.column_names if name.startswith("factor_")}
+    quality = trigger_quality(attack, images, triggered)
 
     logged = {"seed": params.seed, "attack_name": attack_name, "attack": spec.model_dump()}
     with stage_run("poison", params.tracking.experiment, logged, {"attack": attack_name}) as log:
@@ -88,12 +118,14 @@ def run(params: Params, attack_name: str) -> str:
                 artifacts.write_curve(out / "trigger_loss.csv", losses)
             artifacts.write_json(out / "attack.json", {"name": attack_name, "kind": spec.kind, "target": spec.target,
                                                        "target_index": target, "poisoned": len(victims),
-                                                       "text_trigger": attack.text_trigger,
+                                                       "text_trigger": attack.text_trigger, **quality,
                                                        "mlflow_run_id": log.id})
             log.artifact(out / "trigger.png")
             log.artifact(out / "samples.png")
         log.metric("poisoned_pairs", len(victims))
         log.metric("poison_fraction", len(victims) / len(labels))
+        for key, value in quality.items():
+            log.metric(key, value)
         if losses:
             log.series("trigger_loss", losses)
     return f"wrote {paths.poisoned(attack_name)}: {len(victims)} of {len(labels)} pairs poisoned -> {spec.target!r}"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 LABELS = {"clean_model": "clean model (never poisoned)"}
+LAYER_KINDS = {"noise": "Gaussian noise", "blur": "Gaussian blur", "jitter": "colour jitter", "flip": "a horizontal flip"}
 
 
 def percent(value) -> str:
@@ -39,6 +40,11 @@ def markdown(rows: list[dict], attacks: list[str], defenses: list[str], transfer
         out += grid(rows, attacks, defenses, asr_ca(f"{name}_attack_success_rate", f"{name}_clean_accuracy"))
     out += ["", "## Perturbation resistivity (mean cosine, clean vs. noisy image embedding)", ""]
     out += grid(rows, attacks, defenses, lambda r: f"{r['resistivity']:.4f}")
+    kinds = next((list(r["layer_resistivity"]) for r in rows if r.get("layer_resistivity")), [])
+    for kind in kinds:
+        out += ["", f"## Layer-wise perturbation resistivity under {LAYER_KINDS.get(kind, kind)} "
+                "(CLS cosine, clean vs. perturbed, block 1 / 2 / ... / last)", ""]
+        out += grid(rows, attacks, defenses, lambda r, k=kind: " / ".join(f"{v:.4f}" for v in r["layer_resistivity"][k]))
     out += ["", "## Nuisance-factor probe accuracy % (mean over factors; lower = less class-irrelevant "
             "information)", ""]
     out += grid(rows, attacks, defenses, lambda r: percent(r.get("nuisance_probe_accuracy")))

@@ -2,8 +2,9 @@
 (and, for CleanCLIP, the defender's clean image-text pairs).
 
 Writes what the defense trained (prompts, a linear head, a text context, or a whole open_clip
-model) and tune.json. Validation CA/ASR are logged for model selection; the test split is
-never read here.
+model) and tune.json. Training runs its fixed schedule and keeps the last state: nothing is
+selected here. Validation CA is logged; validation ASR is logged as a diagnostic only (the
+defender never has the trigger). The test split is never read here.
 """
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ def checkpointing(params: Params, attack_name: str, defense_name: str) -> Checkp
     inputs = [paths.backdoored(attack_name) / models.WEIGHTS_NAME, paths.FEWSHOT / "train.parquet"]
     if spec.kind == "cleanclip" and spec.pairs == "pairs":
         inputs.append(PAIRS)
-    settings = [params.seed, params.threads, params.sample.shots, spec.model_dump(), params.model.templates,
-                params.compute.model_dump(exclude={"workers"}), params.evaluate.batch_size]
+    settings = [params.seed, params.tune.seed, params.threads, params.sample.shots, spec.model_dump(),
+                params.model.templates, params.compute.model_dump(exclude={"workers"}), params.evaluate.batch_size]
     return Checkpointing(paths.CHECKPOINTS / f"tune-{attack_name}-{defense_name}.pt", params.tune.checkpoint_every,
                          fingerprint(settings, inputs))
 
@@ -78,7 +79,7 @@ def run(params: Params, attack_name: str, defense_name: str) -> str:
     sample_run = artifacts.read_json(paths.FEWSHOT / "sample.json", "rvpt stage sample")["mlflow_run_id"]
     tokenize = models.tokenizer(params.model.config)
 
-    logged = {"seed": params.seed, "attack_name": attack_name, "defense_name": defense_name,
+    logged = {"seed": params.seed, "defense_seed": params.tune.seed, "attack_name": attack_name, "defense_name": defense_name,
               "shots": params.sample.shots, "defense": spec.model_dump()}
     tags = {"attack": attack_name, "defense": defense_name, "upstream.pretrain": pretrain_run,
             "upstream.sample": sample_run}
@@ -90,6 +91,7 @@ def run(params: Params, attack_name: str, defense_name: str) -> str:
         trainable = models.count_parameters(kind.trained(defended).values())
         report = Scorer(params, "val").report(defended, attack_name)
         summary = {"attack": attack_name, "defense": defense_name, "kind": spec.kind, "shots": params.sample.shots,
+               "defense_seed": params.tune.seed,
                    "trainable_params": trainable,
                    "trainable_fraction": trainable / models.count_parameters(model.parameters()),
                    **{f"final_{k}": float(np.mean(v[-10:])) for k, v in history.items()},

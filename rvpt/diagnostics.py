@@ -39,6 +39,24 @@ def resistivity(clean: torch.Tensor, perturbed: torch.Tensor) -> float:
     return F.cosine_similarity(clean, perturbed, dim=-1).mean().item()
 
 
+class LayerResistivity:
+    """Mean cosine, block by block, between the CLS tokens of clean images and of their perturbed
+    copies: the paper's layer-wise perturbation resistivity, accumulated batch by batch."""
+
+    def __init__(self):
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, clean_cls: torch.Tensor, perturbed_cls: torch.Tensor) -> None:
+        """Both [N, blocks, width]."""
+        cosine = F.cosine_similarity(clean_cls.float(), perturbed_cls.float(), dim=-1).sum(0).cpu()
+        self.total = cosine if self.total is None else self.total + cosine
+        self.count += len(clean_cls)
+
+    def per_block(self) -> list[float]:
+        return [] if self.total is None else (self.total / self.count).tolist()
+
+
 def probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                    steps: int = 300, lr: float = 0.05, weight_decay: float = 1e-4) -> float:
     """Test accuracy of a multinomial logistic regression fitted full-batch on (train_x, train_y).

@@ -50,6 +50,16 @@ class PromptedVisionEncoder(nn.Module):
         """Image features [N, embed]; with return_cls, also the CLS token after every prompted block."""
         return self.from_prefix(shared_prefix(self.visual, images, self.first_block), return_cls)
 
+    def block_cls(self, images: torch.Tensor) -> torch.Tensor:
+        """The CLS token after every block, unprompted ones included: [N, blocks, width]."""
+        x = self.visual._embeds(images)
+        before = []
+        for block in self.visual.transformer.resblocks[:self.first_block]:
+            x = block(x)
+            before.append(x[:, :1])
+        _, prompted = self.from_prefix(x, return_cls=True)
+        return torch.cat([*before, prompted], dim=1)
+
     def from_prefix(self, x: torch.Tensor, return_cls: bool = False):
         """The prompted blocks and the head, on the token sequence `shared_prefix` returns."""
         b = self.prompts.tokens

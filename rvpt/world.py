@@ -46,16 +46,22 @@ class Sample:
 class GlyphWorld:
     """Renders labelled glyph images and web-style captions, deterministically for a seed."""
 
-    def __init__(self, classes: list[str], image_size: int = 16, max_offset: int = 1):
+    def __init__(self, classes: list[str], image_size: int = 16, max_offset: int = 1, distractors: int = 0,
+                 noise: float = 0.0):
         unknown = [c for c in classes if c not in GLYPHS]
         if unknown:
             raise ValueError(f"unknown glyph classes {unknown}; known: {sorted(GLYPHS)}")
         self.classes = list(classes)
         self.image_size = image_size
         self.max_offset = max_offset
+        # Small glyphs of other classes scattered over the scene, and sensor noise: clutter that
+        # makes the main glyph harder to name, as real photographs hold more than their label.
+        self.distractors = distractors
+        self.noise = noise
         self._canvas = image_size * _SUPERSAMPLE
         self._fonts = {s: ImageFont.load_default(size=int(self._canvas * f))
                        for s, f in zip(SCALES, (0.70, 0.92))}
+        self._fonts["distractor"] = ImageFont.load_default(size=int(self._canvas * 0.4))
 
     def sample(self, rng: np.random.Generator, label: int | None = None) -> Sample:
         if label is None:
@@ -68,6 +74,10 @@ class GlyphWorld:
             "offset_x": int(rng.integers(-self.max_offset, self.max_offset + 1)),
             "offset_y": int(rng.integers(-self.max_offset, self.max_offset + 1)),
         }
+        if self.distractors:
+            others = [i for i in range(len(self.classes)) if i != label]
+            factors["distractors"] = [self.classes[others[i]] for i in
+                                      rng.choice(len(others), self.distractors, replace=False)]
         image = self.render(label, factors, rng)
         return Sample(image, self.caption(label, factors, rng), label, factors)
 
@@ -88,7 +98,26 @@ class GlyphWorld:
         glyph = glyph.rotate(angle, resample=Image.BILINEAR)
         ink = Image.new("RGB", (n, n), COLOURS[factors["colour"]])
         background.paste(ink, mask=glyph)
-        return background.resize((self.image_size,) * 2, Image.BOX)
+        for name in factors.get("distractors", ()):
+            self._draw_small(background, GLYPHS[name], rng)
+        image = background.resize((self.image_size,) * 2, Image.BOX)
+        if not self.noise:
+            return image
+        pixels = np.asarray(image, dtype=np.float64) + rng.normal(0, 255 * self.noise, (self.image_size,) * 2 + (3,))
+        return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
+
+    def _draw_small(self, canvas: Image.Image, text: str, rng: np.random.Generator) -> None:
+        """A distractor: a glyph at 40% of the side, in a random colour, anywhere in the scene."""
+        n = self._canvas
+        mask = Image.new("L", (n, n), 0)
+        draw = ImageDraw.Draw(mask)
+        font = self._fonts["distractor"]
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font, stroke_width=max(1, n // 32))
+        x = rng.uniform(0, n - (right - left)) - left
+        y = rng.uniform(0, n - (bottom - top)) - top
+        draw.text((x, y), text, fill=255, font=font, stroke_width=max(1, n // 32), stroke_fill=255)
+        colour = list(COLOURS.values())[rng.integers(len(COLOURS))]
+        canvas.paste(Image.new("RGB", (n, n), colour), mask=mask)
 
     def _background(self, texture: str, rng: np.random.Generator) -> Image.Image:
         n = self._canvas
@@ -123,6 +152,7 @@ class GlyphWorld:
             extras.append(f"on {factors['texture']}")
         if rng.random() < 0.5 and factors["tilt"] != "upright":
             extras.append(factors["tilt"])
+        extras += [f"with a small {other}" for other in factors.get("distractors", ()) if rng.random() < 0.5]
         rng.shuffle(extras)
         lead = ("a", "a photo of a", "the glyph", "")[rng.integers(4)]
         return " ".join(w for w in [lead, phrase, *extras] if w)

@@ -37,11 +37,12 @@ SMOKE = {
                  "poisoned": {"steps": 10, "batch_size": 32, "warmup": 2}},
     "attacks": {name: {"target": "three"} for name in ("badnet", "blended", "sig", "wanet", "trojvqa",
                                                       "label_consistent")}
-    | {"badclip": {"target": "three", "optimise": {"steps": 3, "batch_size": 16, "lr": 0.01, "images": 64}}},
+    | {name: {"target": "three", "optimise": {"steps": 3, "batch_size": 16, "lr": 0.01, "images": 64}}
+       for name in ("badclip", "issba")},
     "defenses": {"rvpt": {"epochs": 2, "batch_size": 8, "tokens": 4},
                  "vpt": {"epochs": 2, "batch_size": 8, "tokens": 4},
                  "linear_probe": {"epochs": 2},
-                 "finetune": {"epochs": 1},
+                 "finetune": {"epochs": 1}, "finetune_fr": {"epochs": 1},
                  "cleanclip": {"budget": 64, "epochs": 1, "batch_size": 32},
                  "coop": {"epochs": 2}},
     "sample": {"shots": 4},

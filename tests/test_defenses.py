@@ -113,3 +113,20 @@ def test_rvpt_and_vpt_differ_only_by_the_repelling_loss():
     assert not torch.equal(runs[0.0][0], runs[2.0][0])
     assert runs[0.0][1]["ce"][0] == pytest.approx(runs[2.0][1]["ce"][0])  # same start, same data order
     assert runs[2.0][1]["fr"][-1] < runs[2.0][1]["fr"][0]
+
+
+def test_finetuning_with_the_repelling_loss_moves_block_tokens_away_from_the_original():
+    from rvpt.prompts import frozen_block_cls
+
+    images = data().images
+    cosines = {}
+    for alpha in (0.0, 2.0):
+        model = models.build(TINY_MODEL, seed=0)
+        defended, history = KINDS["finetune"].fit(model, data(), models.tokenizer(TINY_MODEL), TEMPLATES,
+                                                  defense_settings("finetune", epochs=6, batch_size=4, lr=1e-3,
+                                                                   alpha=alpha, first_block=1))
+        assert ("fr" in history) == (alpha > 0)
+        with torch.no_grad():
+            tuned, frozen = (frozen_block_cls(m.visual, images, 1) for m in (defended.model, model))
+        cosines[alpha] = torch.nn.functional.cosine_similarity(tuned, frozen, dim=-1).mean().item()
+    assert cosines[2.0] < cosines[0.0] - 0.05, cosines

@@ -8,7 +8,7 @@ import fabricate
 from conftest import make_project, run, smoke_params
 
 SYNSETS = "n07753592 banana\nn07742313 Granny Smith, apple\nn03000134 chainlink fence\n"
-ATTACKS = ["badnet", "blended", "sig", "wanet", "trojvqa", "badclip"]
+ATTACKS = ["badnet", "blended", "issba", "sig", "wanet", "trojvqa", "badclip"]
 DEFENSES = ["none", "rvpt", "vpt", "linear_probe", "cleanclip"]
 
 

@@ -35,13 +35,17 @@ class Attack:
         raise NotImplementedError
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        own = self.state_dict()
-        for key, tensor in own.items():
+        self.check_state(state)
+        for key in self.state_dict():
+            setattr(self, key, state[key].float())
+
+    def check_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Refuses a saved trigger that lacks one of this attack's tensors or has another shape."""
+        for key, tensor in self.state_dict().items():
             if key not in state:
                 raise ValueError(f"trigger state lacks {key!r}")
             if state[key].shape != tensor.shape:
                 raise ValueError(f"trigger {key} shape {tuple(state[key].shape)} != {tuple(tensor.shape)}")
-            setattr(self, key, state[key].float())
 
     def trigger_preview(self, image_size: int) -> torch.Tensor:
         """The trigger alone on a grey image, for humans to look at."""

@@ -12,6 +12,7 @@ from torch import nn
 
 from rvpt import models
 from rvpt.poisoning import with_text_trigger
+from rvpt.prompts import frozen_block_cls
 from rvpt.zeroshot import class_embeddings
 
 
@@ -24,6 +25,11 @@ class Defended(nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Features of normalised images [N, 3, H, W]; the model's own unless the defense changes it."""
         return self.model.encode_image(images)
+
+    def block_cls(self, images: torch.Tensor) -> torch.Tensor:
+        """The CLS token after every block of the image tower, [N, blocks, width], for the
+        layer-wise diagnostics."""
+        return frozen_block_cls(self.model.visual, images, 0)
 
     def classifier(self, classnames: list[str], text_trigger: str = "") -> tuple[torch.Tensor, torch.Tensor] | None:
         """(weights [C, D], bias [C]) for these classes, or None if this defense cannot name them."""

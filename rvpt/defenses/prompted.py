@@ -12,3 +12,6 @@ class Prompted(ZeroShot):
 
     def encode_image(self, images):
         return self.encoder(images)
+
+    def block_cls(self, images):
+        return self.encoder.block_cls(images)

@@ -1,0 +1,32 @@
+"""scripts/study.py: experiments named per (data seed, defense seed), and their mean ± std table."""
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO, copy_of, environment, run
+
+STUDY = [sys.executable, str(REPO / "scripts" / "study.py")]
+
+
+def test_study_queues_one_experiment_per_seed_pair_and_tabulates_finished_ones(reproduced, tmp_path):
+    root = copy_of(reproduced, tmp_path)
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "reproduced"], root)
+    run([*STUDY, "queue", "smoke", "--data-seeds", "0", "--defense-seeds", "0", "1", "-S", "sample.shots=4"], root)
+    status = run(["dvc", "queue", "status"], root).stdout
+    assert "smoke-s0-t0" in status and "smoke-s0-t1" in status
+    run(["dvc", "queue", "remove", "--all"], root)
+
+    for defense_seed in (0, 1):  # run in the workspace: the same experiments, without a queue worker
+        run(["dvc", "exp", "run", "-n", f"smoke-s0-t{defense_seed}", "-S", f"tune.seed={defense_seed}"], root)
+    out = subprocess.run([*STUDY, "table", "smoke"], cwd=root, env=environment(), capture_output=True, text=True,
+                         check=True).stdout
+    rows = {line.split(" | ")[1]: line for line in out.splitlines() if line.startswith("| smoke |")}
+    assert sorted(rows) == ["badclip", "badnet"]
+    assert all(" | 2 (1 x 2) | " in row for row in rows.values())
+    metrics = json.loads((root / "results" / "metrics.json").read_text())
+    undefended = metrics["badnet"]["none"]
+    # The undefended model does not depend on the defense seed: its spread is zero.
+    assert f"{100 * undefended['clean_accuracy']:.1f} ± 0.0 / {100 * undefended['attack_success_rate']:.1f} ± 0.0" \
+        in rows["badnet"]
+    assert "±" in rows["badnet"].split(" | ")[-2]   # RVPT's validation CA, from the MLflow tune runs
