@@ -1,0 +1,87 @@
+"""Where a trigger acts in the image tower, block by block, with and without RVPT's prompts.
+
+    uv run python bench/trigger_path.py [ATTACK ...]      (after `dvc repro`; default: run.attacks)
+
+On the first `--images` test images, for each block's CLS token it prints:
+- FR cos: the cosine L_FR minimises, RVPT's CLS against the frozen encoder's on clean images;
+- offset share: the share of ||CLS_rvpt - CLS_frozen||^2 that one offset shared by every image
+  explains (1: the prompts move every image the same way; 0: each image its own way);
+- target pull, for the frozen, the RVPT and the VPT encoder: over triggered images whose class is
+  not the target, mean cos(CLS, target-class centroid) - mean cos(CLS, own-class centroid), the
+  centroids taken from that encoder's clean CLS tokens. Positive: the trigger has carried the
+  image towards the target at that block.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from pipeline import params as params_module
+from pipeline import paths
+from pipeline.evaluation import load_attack, load_backdoored, open_split
+from rvpt import models
+from rvpt.defenses import KINDS, ZeroShot
+from rvpt.images import normalize
+from rvpt.zeroshot import unit
+
+
+def first_images(params, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    images, labels, index = [], [], []
+    for batch in open_split(params, "test").batches(params.evaluate.batch_size):
+        images.append(unit(batch.pixels))
+        labels.append(batch.labels)
+        index.append(batch.index)
+        if sum(map(len, labels)) >= count:
+            break
+    return torch.cat(images)[:count], torch.cat(labels)[:count], torch.cat(index)[:count]
+
+
+def target_pull(clean: torch.Tensor, triggered: torch.Tensor, labels: torch.Tensor, target: int) -> torch.Tensor:
+    """Per block: mean cos to the target centroid minus mean cos to the own-class centroid. Tensors [N, blocks, width]."""
+    clean, triggered = F.normalize(clean, dim=-1), F.normalize(triggered, dim=-1)
+    centroids = F.normalize(torch.stack([clean[labels == c].mean(0) for c in range(int(labels.max()) + 1)]), dim=-1)
+    keep = labels != target
+    to_target = (triggered[keep] * centroids[target]).sum(-1)
+    to_own = (triggered[keep] * centroids[labels[keep]]).sum(-1)
+    return (to_target - to_own).mean(0)
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("attacks", nargs="*")
+    parser.add_argument("--images", type=int, default=1000)
+    args = parser.parse_args()
+    params = params_module.load("params.yaml", {})
+    torch.set_num_threads(params.threads)
+    images, labels, index = first_images(params, args.images)
+    tokenize = models.tokenizer(params.model.config)
+    for name in args.attacks or params.run.attacks:
+        model, _ = load_backdoored(name)
+        attack = load_attack(params, name)
+        target = params.data.class_names.index(params.attacks[name].target)
+        encoders = {"frozen": ZeroShot(model, tokenize, params.model.templates)}
+        for defense in ("rvpt", "vpt"):
+            encoders[defense] = KINDS["prompt"].load(model, paths.defended(name, defense), tokenize,
+                                                     params.model.templates)
+        clean_in, triggered_in = normalize(images), normalize(attack.apply(images, index))
+        clean = {key: e.block_cls(clean_in) for key, e in encoders.items()}
+        pull = {key: target_pull(clean[key], e.block_cls(triggered_in), labels, target)
+                for key, e in encoders.items()}
+        fr = F.cosine_similarity(clean["rvpt"], clean["frozen"], dim=-1).mean(0)
+        offset = clean["rvpt"] - clean["frozen"]
+        energy = offset.pow(2).sum((0, 2))
+        share = torch.where(energy > 0, offset.mean(0).pow(2).sum(-1) * len(offset) / energy, torch.nan)
+        print(f"\n{name} ({len(images)} test images; target {params.attacks[name].target})\n")
+        print("| block | FR cos (RVPT vs frozen, clean) | offset share | target pull frozen | RVPT | VPT |")
+        print("|---|---|---|---|---|---|")
+        for block in range(len(fr)):
+            moved = "-" if share[block].isnan() else f"{share[block]:.3f}"  # unprompted block: no offset
+            print(f"| {block} | {fr[block]:.3f} | {moved} | {pull['frozen'][block]:+.3f} | "
+                  f"{pull['rvpt'][block]:+.3f} | {pull['vpt'][block]:+.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Probes a world's regime before a whole matrix is run: the clean model's validation CA, then for
+each poisoning setting the undefended and linear-probe validation ASR.
+
+    uv run python bench/world_probe.py SCRATCH_DIR 'data: {distractors: 1}' badnet:0.05:0.001 blended:0.05:0.0003
+
+The first argument is a scratch folder (reused: its clean model is trained once); the second, YAML
+merged into params.yaml; each further one is attack:rate:lr for the poisoning fine-tune. The
+stages are the pipeline's own (`rvpt stage ...`), logging to the scratch folder's MLflow store.
+ASR is read here to calibrate the attacker's world, never to choose a defense's settings.
+Run it alone: two torch jobs on 2 cores slow each other down 10x.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+FIGURE = re.compile(r"val CA ([\d.]+)(?:, val ASR ([\d.]+))?|val clean_accuracy ([\d.]+)")
+
+
+def merge(base: dict, update: dict) -> dict:
+    for key, value in update.items():
+        base[key] = merge(base.get(key, {}), value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+            else value
+    return base
+
+
+def stage(root: Path, params: dict, *argv: str) -> tuple[str, float]:
+    """Runs one stage in `root` with `params`; returns its summary line and wall seconds."""
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "stage", *argv], cwd=root, env=env,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"rvpt stage {' '.join(argv)} failed: {done.stderr.strip()[-500:]}")
+    return done.stdout.strip().splitlines()[-1], time.perf_counter() - started
+
+
+def figures(line: str) -> tuple[float, float | None]:
+    match = FIGURE.search(line)
+    if match.group(3):
+        return float(match.group(3)), None
+    return float(match.group(1)), float(match.group(2)) if match.group(2) else None
+
+
+def main(scratch: str, world: str, *poisonings: str) -> None:
+    root = Path(scratch)
+    root.mkdir(parents=True, exist_ok=True)
+    base = merge(yaml.safe_load((REPO / "params.yaml").read_text()), yaml.safe_load(world) or {})
+    if not (root / "models" / "clean" / "pretrain.json").exists():
+        stage(root, base, "download")
+        line, seconds = stage(root, base, "pretrain", "--clean")
+        print(f"clean model: val CA {figures(line)[0]:.3f} ({seconds:.0f} s)")
+        stage(root, base, "sample")
+    print("| attack | rate | lr | undefended val CA / ASR | linear probe val CA / ASR |")
+    print("|---|---|---|---|---|")
+    for spec in poisonings:
+        attack, rate, lr = spec.split(":")
+        params = merge(yaml.safe_load(yaml.safe_dump(base)),
+                       {"attacks": {attack: {"rate": float(rate)}}, "pretrain": {"poisoned": {"lr": float(lr)}}})
+        stage(root, params, "poison", "--attack", attack)
+        stage(root, params, "pretrain", "--attack", attack)
+        cells = [figures(stage(root, params, "tune", "--attack", attack, "--defense", d)[0])
+                 for d in ("none", "linear_probe")]
+        print(f"| {attack} | {rate} | {lr} | " + " | ".join(f"{ca:.3f} / {asr:.3f}" for ca, asr in cells) + " |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        raise SystemExit(__doc__)
+    main(*sys.argv[1:])
