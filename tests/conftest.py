@@ -27,6 +27,9 @@ TINY_MODEL = {
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 
+# The glyph world's own data keys, emptied for data.source files (which refuses them).
+NO_GLYPH_WORLD = {"transfer_classes": [], "concepts": [], "distractors": 0, "noise": 0.0}
+
 # Small enough to run the whole chain in well under a minute of compute: a 2 x 2 matrix.
 SMOKE = {
     "data": {"classes": ["zero", "one", "two", "three"], "transfer_classes": ["ay", "bee"], "corpus_size": 1200,

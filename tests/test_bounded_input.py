@@ -7,13 +7,13 @@ import threading
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY_MODEL, call, one_error_line, smoke_params, tree
+from conftest import NO_GLYPH_WORLD, TINY_MODEL, call, one_error_line, smoke_params, tree
 from PIL import Image
 
 from rvpt import images
 from rvpt.errors import BadInput
 
-FILES = {"source": "files", "transfer_classes": [],
+FILES = {"source": "files", **NO_GLYPH_WORLD,
          "files": {"corpus": {"path": "corpus", "format": "image_folder"}, "downstream": {"path": "images"}}}
 
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import fabricate
-from conftest import make_project, run, smoke_params
+from conftest import NO_GLYPH_WORLD, make_project, run, smoke_params
 
 FOLDERS = {"n01": "zero", "n02": "one", "n03": "two", "n04": "three"}
 
@@ -19,7 +19,7 @@ def real_params(tmp_path, corpus: dict, **update) -> dict:
     files = {"corpus": corpus,
              "downstream": {"path": str(tmp_path / "imagenet"), "train": "train", "val": None, "test": "val"}}
     params = smoke_params(**update)
-    params["data"].update(source="files", classes=FOLDERS, transfer_classes=[], files=files, corpus_size=600,
+    params["data"].update(source="files", classes=FOLDERS, **NO_GLYPH_WORLD, files=files, corpus_size=600,
                           train_per_class=20, val_per_class=8, test_per_class=10, defender_pairs=32,
                           max_bad_fraction=0.01)
     params["run"] = {"attacks": ["badnet"], "defenses": ["none", "rvpt"]}
