@@ -113,16 +113,22 @@ class Scorer:
         triggered = {name: Encoder(defended.encode_image, size, self.placement) for name in attack_names}
         targets = {name: self.params.attacks[name].target for name in attack_names}
         labels, index, kept = [], [], {name: [] for name in attack_names}
+        layers_seen = 0
         for batch in split.batches(size, self.params.compute.workers, device.type == "cuda"):
             images = unit(batch.pixels, device)
             clean.add(images)
             if noisy:
                 noisy.add(noise(images))
-            if layers:
+            # The layer-wise passes (one per block per perturbation kind) cost as much as the rest of
+            # the scoring together, so they read only the split's first layer_images images.
+            measured = min(len(images), self.params.evaluate.layer_images - layers_seen) if layers else 0
+            if measured > 0:
+                layers_seen += measured
+                head, rows = images[:measured], batch.index[:measured]
                 with self.placement.autocast():
-                    reference = defended.block_cls(normalize(images))
+                    reference = defended.block_cls(normalize(head))
                     for kind, layer in layers.items():
-                        layer.add(reference, defended.block_cls(normalize(perturber(kind, images, batch.index))))
+                        layer.add(reference, defended.block_cls(normalize(perturber(kind, head, rows))))
             for name, encoder in triggered.items():
                 keep = batch.labels != classes.index(targets[name]) if targets[name] in classes \
                     else torch.ones_like(batch.labels, dtype=torch.bool)

@@ -154,6 +154,7 @@ class Evaluate(Strict):
     batch_size: int = Field(gt=0, le=MAX_BATCH)
     perturbation: float = Field(gt=0, le=1)
     layer_perturbations: LayerPerturbations
+    layer_images: int = Field(gt=0, le=10 ** 9)
     probe_steps: int = Field(gt=0, le=10 ** 6)
 
 

@@ -1,6 +1,7 @@
 """`evaluate` streams each split batch by batch; it scores exactly as the whole split decoded,
 triggered and perturbed at once, whatever the Parquet row groups and the batch size."""
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from conftest import copy_of
@@ -8,7 +9,9 @@ from pipeline import artifacts, paths
 from pipeline import params as params_module
 from pipeline.evaluation import Scorer, load_attack, zero_shot
 from rvpt import metrics, models
-from rvpt.diagnostics import resistivity
+from rvpt.diagnostics import LayerResistivity, resistivity
+from rvpt.images import normalize
+from rvpt.perturbations import KINDS, Perturber, Settings
 from rvpt.zeroshot import image_features
 
 
@@ -22,7 +25,15 @@ def whole_split_scores(params, defended, attack_names: list[str]) -> dict:
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(params.seed))
     perturbed = (images + params.evaluate.perturbation * noise).clamp(0, 1)
     scores = {"clean_accuracy": metrics.clean_accuracy(defended, clean, labels, classes),
-              "resistivity": resistivity(clean, image_features(defended.encode_image, perturbed, size))}
+              "resistivity": resistivity(clean, image_features(defended.encode_image, perturbed, size)),
+              "layer_resistivity": {}}
+    first, rows = images[:params.evaluate.layer_images], torch.as_tensor(kept[:params.evaluate.layer_images])
+    settings = Settings(**params.evaluate.layer_perturbations.model_dump(), seed=params.seed)
+    for kind in KINDS:
+        meter = LayerResistivity()
+        meter.add(defended.block_cls(normalize(first)), defended.block_cls(normalize(Perturber(settings)(kind, first,
+                                                                                                       rows))))
+        scores["layer_resistivity"][kind] = meter.per_block()
     for name in attack_names:
         attack, target = load_attack(params, name), params.attacks[name].target
         keep = labels != classes.index(target)
@@ -32,13 +43,14 @@ def whole_split_scores(params, defended, attack_names: list[str]) -> dict:
 
 
 def test_streamed_scores_equal_whole_split_scores(reproduced, tmp_path, monkeypatch, row_group=16, batch=7):
-    """Row groups of 16 and batches of 7: batches straddle row groups and end short."""
+    """Row groups of 16 and batches of 7: batches straddle row groups and end short; the layer-wise
+    resistivity reads the first 10 images, so its last batch is cut short too."""
     project = copy_of(reproduced, tmp_path)
     monkeypatch.chdir(project)
     split = paths.DOWNSTREAM / "test.parquet"
     pq.write_table(pq.read_table(split), split, row_group_size=row_group)
     params = params_module.load().model_copy(update={"evaluate": params_module.load().evaluate.model_copy(
-        update={"batch_size": batch})})
+        update={"batch_size": batch, "layer_images": 10})})
     attack_names = ["badnet", "badclip"]
     for folder in (paths.CLEAN_MODEL, paths.backdoored("badnet")):
         defended = zero_shot(params, models.load(folder)[0])
@@ -47,4 +59,6 @@ def test_streamed_scores_equal_whole_split_scores(reproduced, tmp_path, monkeypa
         for name, row in zip(attack_names, rows):
             assert row["clean_accuracy"] == expected["clean_accuracy"]
             assert row["resistivity"] == expected["resistivity"]
+            for kind, blocks in expected["layer_resistivity"].items():
+                assert row["layer_resistivity"][kind] == pytest.approx(blocks, abs=1e-6), kind
             assert row["attack_success_rate"] == expected[name], name
