@@ -2,10 +2,12 @@
 each poisoning setting the undefended and linear-probe validation ASR.
 
     uv run python bench/world_probe.py SCRATCH_DIR 'data: {distractors: 1}' badnet:0.05:0.001 blended:0.05:0.0003
+    PROBE_DEFENSES=none,linear_probe,cleanclip uv run python bench/world_probe.py SCRATCH_DIR '' wanet:0.1:0.0005
 
 The first argument is a scratch folder (reused: its clean model is trained once); the second, YAML
-merged into params.yaml; each further one is attack:rate:lr for the poisoning fine-tune. The
-stages are the pipeline's own (`rvpt stage ...`), logging to the scratch folder's MLflow store.
+merged into params.yaml; each further one is attack:rate:lr for the poisoning fine-tune.
+PROBE_DEFENSES names the defenses scored (default: none and the linear probe). The stages are the
+pipeline's own (`rvpt stage ...`), logging to the scratch folder's MLflow store.
 ASR is read here to calibrate the attacker's world, never to choose a defense's settings.
 Run it alone: two torch jobs on 2 cores slow each other down 10x.
 """
@@ -59,8 +61,9 @@ def main(scratch: str, world: str, *poisonings: str) -> None:
         line, seconds = stage(root, base, "pretrain", "--clean")
         print(f"clean model: val CA {figures(line)[0]:.3f} ({seconds:.0f} s)")
         stage(root, base, "sample")
-    print("| attack | rate | lr | undefended val CA / ASR | linear probe val CA / ASR |")
-    print("|---|---|---|---|---|")
+    defenses = os.environ.get("PROBE_DEFENSES", "none,linear_probe").split(",")
+    print("| attack | rate | lr | " + " | ".join(f"{d} val CA / ASR" for d in defenses) + " |")
+    print("|---|---|---|" + "---|" * len(defenses))
     for spec in poisonings:
         attack, rate, lr = spec.split(":")
         params = merge(yaml.safe_load(yaml.safe_dump(base)),
@@ -68,7 +71,7 @@ def main(scratch: str, world: str, *poisonings: str) -> None:
         stage(root, params, "poison", "--attack", attack)
         stage(root, params, "pretrain", "--attack", attack)
         cells = [figures(stage(root, params, "tune", "--attack", attack, "--defense", d)[0])
-                 for d in ("none", "linear_probe")]
+                 for d in defenses]
         print(f"| {attack} | {rate} | {lr} | " + " | ".join(f"{ca:.3f} / {asr:.3f}" for ca, asr in cells) + " |",
               flush=True)
 
