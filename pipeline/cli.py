@@ -48,6 +48,7 @@ def poison(params: Path = PARAMS,
 
     def work(p):
         names = selected(attack, p.attacks, p.run.attacks, "--attack")
+        p.require(attacks=names, source=str(params))
         preflight(stage.needs(p, name) for name in names)
         return (stage.run(p, name) for name in names)
 
@@ -70,6 +71,7 @@ def pretrain(params: Path = PARAMS,
 
     def work(p):
         names = [None] if clean else selected(attack, p.attacks, p.run.attacks, "--attack")
+        p.require(attacks=[name for name in names if name], source=str(params))
         preflight(stage.needs(p, name) for name in names)
         return (stage.run(p, name) for name in names)
 
@@ -110,6 +112,7 @@ def tune(params: Path = PARAMS,
     def work(p):
         attacks = selected(attack, p.attacks, p.run.attacks, "--attack")
         defenses = selected(defense, p.defenses, p.run.defenses, "--defense")
+        p.require(attacks, defenses, source=str(params))
         preflight(stage.needs(p, a, d) for a in attacks for d in defenses)
         return (stage.run(p, a, d) for a in attacks for d in defenses)
 
@@ -192,19 +195,52 @@ def defend(model: str = typer.Option(..., help="Untrusted model: an open_clip lo
             label="rvpt defend", tracked=False)
 
 
-@app.command()
-def profile(name: str = typer.Argument(..., help="Profile in profiles/ (paper)."),
-            imagenet: Path = typer.Option(..., help="ImageNet as ImageFolder: train/<wnid>/*, val/<wnid>/*."),
-            imagenet_classes: Path = typer.Option(..., help="wnid -> name lines (LOC_synset_mapping.txt)."),
-            cc3m: Path = typer.Option(..., help="img2dataset webdataset shards of CC3M (*.tar)."),
-            caltech101: Path = typer.Option(..., help="Caltech101's 101_ObjectCategories folder."),
-            oxford_pets: Path = typer.Option(..., help="Oxford-IIIT Pets exported as <breed>/*.jpg folders."),
-            params: Path = PARAMS):
-    """Write params.yaml for a documented setting with your data paths; then `dvc repro` runs it."""
+profile_app = typer.Typer(help="Write params.yaml for a setting and your data; then `dvc repro` runs it.",
+                          no_args_is_help=True)
+app.add_typer(profile_app, name="profile")
+
+
+@profile_app.command()
+def paper(imagenet: Path = typer.Option(..., help="ImageNet as ImageFolder: train/<wnid>/*, val/<wnid>/*."),
+          imagenet_classes: Path = typer.Option(..., help="wnid -> name lines (LOC_synset_mapping.txt)."),
+          cc3m: Path = typer.Option(..., help="img2dataset webdataset shards of CC3M (*.tar)."),
+          caltech101: Path = typer.Option(..., help="Caltech101's 101_ObjectCategories folder."),
+          oxford_pets: Path = typer.Option(..., help="Oxford-IIIT Pets exported as <breed>/*.jpg folders."),
+          params: Path = PARAMS):
+    """The paper's setting (RVPT, Table 1) on your copies of its datasets."""
     from pipeline import profile as command
 
     execute("profile", params, {}, lambda p: command.write(
-        name, command.paper(imagenet, imagenet_classes, cc3m, caltech101, oxford_pets), params),
+        "paper", params, command.paper(imagenet, imagenet_classes, cc3m, caltech101, oxford_pets)),
+        label="rvpt profile", tracked=False, validate=False)
+
+
+@profile_app.command()
+def imagefolder(root: Path = typer.Option(..., help="Your data: root/train/<class>/*, root/test/<class>/* "
+                                                    "(and root/val/<class>/* if you have one)."),
+                corpus: Optional[Path] = typer.Option(None, help="A separate pretraining corpus with the same class "
+                                                                 "folders (default: root/train, minus the "
+                                                                 "downstream images)."),
+                model: Optional[str] = typer.Option(None, help="An open_clip model name (default: params.yaml's "
+                                                               "model)."),
+                pretrained: Optional[str] = typer.Option(None, help="With --model: an open_clip tag or a local "
+                                                                    "weights file (default: train from scratch)."),
+                target: Optional[str] = typer.Option(None, help="The attacks' target class (default: the last "
+                                                                "class folder)."),
+                attacks: Optional[str] = typer.Option(None, help="Comma-separated attacks to run (default: "
+                                                                 "run.attacks)."),
+                defenses: Optional[str] = typer.Option(None, help="Comma-separated defenses to run (default: "
+                                                                  "run.defenses)."),
+                params: Path = PARAMS):
+    """Your own ImageFolder data, with sizes, prompts and triggers fitted to it and to the model."""
+    from pipeline import profile as command
+    from pipeline import profile_imagefolder as own
+
+    def names(value: Optional[str]) -> Optional[list[str]]:
+        return [name.strip() for name in value.split(",") if name.strip()] if value else None
+
+    execute("profile", params, {}, lambda p: command.write(
+        "imagefolder", params, own.fill(root, corpus, model, pretrained, target, names(attacks), names(defenses))),
         label="rvpt profile", tracked=False, validate=False)
 
 

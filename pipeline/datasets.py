@@ -6,6 +6,7 @@ data.max_bad_fraction) before any later stage sees it. Encoded bytes are kept as
 """
 from __future__ import annotations
 
+import hashlib
 import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -31,10 +32,12 @@ class TableWriter:
         self.path, self.shard_rows, self.chunk = path, shard_rows, chunk
         self.rows: list[tuple] = []
         self.writer, self.in_file, self.files, self.count = None, 0, 0, 0
+        self.hashes: set[bytes] = set()  # of every image written: what a corpus must not contain
         if shard_rows:
             path.mkdir(parents=True, exist_ok=True)
 
     def add(self, image: bytes, caption: str, label: int) -> None:
+        self.hashes.add(content_hash(image))
         self.rows.append((image, caption, label))
         self.count += 1
         if len(self.rows) >= self.chunk or (self.shard_rows and self.in_file + len(self.rows) >= self.shard_rows):
@@ -66,6 +69,10 @@ class TableWriter:
         if self.count == 0:
             raise BadInput(f"{self.path}: no readable image to write")
         return self.count
+
+
+def content_hash(image: bytes) -> bytes:
+    return hashlib.sha256(image).digest()
 
 
 class Checked:
@@ -200,16 +207,29 @@ def folder_pairs(files: list[list[Path]], templates: list[str], names: list[str]
         yield str(path), path, template.format(names[label]), label
 
 
-def write_pairs(pairs: Iterator, writers: list[tuple[TableWriter, int]], check: Checked) -> None:
-    """Fills each writer with its count of readable, captioned pairs from the stream, in turn."""
+def write_pairs(pairs: Iterator, writers: list[tuple[TableWriter, int]], check: Checked,
+                held_out: set[bytes] = frozenset()) -> int:
+    """Fills each writer with its count of readable, captioned pairs from the stream, in turn.
+
+    An image whose content hash is in `held_out` (a downstream image) or already written (a
+    repeat) is left out, so no pretraining pair is also an evaluation image; returns how many were.
+    """
+    written: set[bytes] = set()
+    excluded = 0
     for writer, count in writers:
         while writer.count < count:
             try:
                 name, blob, caption, label = next(pairs)
             except StopIteration:
-                return
+                return excluded
             if caption is None:
                 check.seen += 1
                 check.skipped.append(f"{name}: no caption")
             elif (blob := check.readable(blob, name)) is not None:
+                digest = content_hash(blob)
+                if digest in held_out or digest in written:
+                    excluded += 1
+                    continue
+                written.add(digest)
                 writer.add(blob, caption, label)
+    return excluded

@@ -13,13 +13,13 @@ The defender's pairs are the next data.defender_pairs corpus pairs after the cor
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from pipeline import artifacts, datasets, paths
 from pipeline.params import Params
 from pipeline.tracking import stage_run
 from rvpt.images import encode_png
 from rvpt.world import FACTORS, GlyphWorld
+from rvpt.progress import progress
 
 SPLITS = ("train", "val", "test")
 
@@ -33,7 +33,7 @@ def render(world: GlyphWorld, count: int, seed: int, labels: list[int] | None, d
     rng = np.random.default_rng(seed)
     columns = {"image": [], "caption": [], "label": [], "poisoned": []}
     factors = {f"factor_{name}": [] for name in FACTORS}
-    for i in tqdm(range(count), desc=desc, disable=None, leave=False):
+    for i in progress(range(count), desc):
         sample = world.sample(rng, label=labels[i % len(labels)] if labels else None)
         columns["image"].append(encode_png(sample.image))
         columns["caption"].append(sample.caption)
@@ -70,28 +70,38 @@ def from_files(params: Params) -> str:
                 val = datasets.shuffled(datasets.class_files(root, spec.val, folders), seed + 1)
             test = datasets.shuffled(datasets.class_files(root, spec.test, folders), seed + 2)
             check = datasets.Checked(data, str(root))
-            sizes = {split: datasets.write_labelled(out / "downstream" / f"{split}.parquet", chosen, per_class,
-                                                    check).close()
-                     for split, chosen, per_class in (("train", train, data.train_per_class),
-                                                      ("val", val, data.val_per_class),
-                                                      ("test", test, data.test_per_class))}
+            writers = {split: datasets.write_labelled(out / "downstream" / f"{split}.parquet", chosen, per_class,
+                                                      check)
+                       for split, chosen, per_class in (("train", train, data.train_per_class),
+                                                        ("val", val, data.val_per_class),
+                                                        ("test", test, data.test_per_class))}
             check.finish()
             for name, spec in files.transfer.items():
                 root = transfer_roots[name]
                 check = datasets.Checked(data, str(root))
                 chosen = datasets.shuffled(datasets.class_files(root, spec.split, list(spec.classes)), seed + 3)
-                sizes[name] = datasets.write_labelled(out / "downstream" / f"{name}_test.parquet", chosen,
-                                                      spec.per_class, check).close()
+                writers[name] = datasets.write_labelled(out / "downstream" / f"{name}_test.parquet", chosen,
+                                                        spec.per_class, check)
                 check.finish()
-            sizes["corpus"], sizes["pairs"] = corpus_from_files(params, corpus_root, out)
+            sizes = {name: writer.close() for name, writer in writers.items()}
+            repeated = len(writers["test"].hashes & (writers["train"].hashes | writers["val"].hashes))
+            if repeated:
+                artifacts.warn(f"{downstream_root}: {repeated} test images are also train or val images (same "
+                               f"content); their CA is not a held-out measure")
+            held_out = set().union(*(writer.hashes for writer in writers.values()))
+            sizes["corpus"], sizes["pairs"], excluded = corpus_from_files(params, corpus_root, out, held_out)
             artifacts.write_json(out / "classes.json", {"classes": names, "folders": folders, "source": "files",
-                                                        "transfer": data.transfer_sets(), "rows": sizes})
+                                                        "transfer": data.transfer_sets(), "rows": sizes,
+                                                        "corpus_excluded": excluded})
         for key, value in sizes.items():
             log.metric(f"{key}_images", value)
-    return f"wrote {paths.CLEAN}: " + ", ".join(f"{key} {value}" for key, value in sizes.items())
+        log.metric("corpus_excluded_images", excluded)
+    return (f"wrote {paths.CLEAN}: " + ", ".join(f"{key} {value}" for key, value in sizes.items())
+            + f" ({excluded} corpus images excluded as downstream images or repeats)")
 
 
-def corpus_from_files(params: Params, root, out) -> tuple[int, int]:
+def corpus_from_files(params: Params, root, out, held_out: set[bytes]) -> tuple[int, int, int]:
+    """(corpus pairs, defender pairs, images left out): none of them is a downstream image."""
     data, spec = params.data, params.data.files.corpus
     if spec.format == "image_folder":
         files = datasets.class_files(root, spec.split, data.class_folders)
@@ -101,14 +111,15 @@ def corpus_from_files(params: Params, root, out) -> tuple[int, int]:
     corpus = datasets.TableWriter(out / "corpus", shard_rows=data.shard_rows)
     pairs = datasets.TableWriter(out / "pairs.parquet")
     check = datasets.Checked(data, str(root))
-    datasets.write_pairs(stream, [(corpus, data.corpus_size), (pairs, data.defender_pairs)], check)
+    excluded = datasets.write_pairs(stream, [(corpus, data.corpus_size), (pairs, data.defender_pairs)], check,
+                                    held_out)
     check.finish()
     if corpus.count < data.corpus_size:
         artifacts.warn(f"{root}: {corpus.count} readable pairs, fewer than data.corpus_size ({data.corpus_size})")
     if pairs.count == 0:
         artifacts.write_table(out / "pairs.parquet", {"image": [], "caption": [], "label": [], "poisoned": []})
-        return corpus.close(), 0
-    return corpus.close(), pairs.close()
+        return corpus.close(), 0, excluded
+    return corpus.close(), pairs.close(), excluded
 
 
 def from_glyphs(params: Params) -> str:

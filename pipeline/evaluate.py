@@ -7,8 +7,6 @@ headline numbers keyed for `dvc exp show`) and results/summary.md (the paper's T
 """
 from __future__ import annotations
 
-from tqdm.auto import tqdm
-
 from pipeline import artifacts, calibration, paths
 from pipeline.evaluation import Scorer, load_backdoored, zero_shot
 from pipeline.params import Params
@@ -17,6 +15,7 @@ from pipeline.tracking import stage_run
 from rvpt import models
 from rvpt.defenses import KINDS
 from rvpt.errors import BadInput
+from rvpt.progress import progress
 
 CLEAN_ROW = "clean_model"
 HEADLINE = ("clean_accuracy", "attack_success_rate", "resistivity", "nuisance_probe_accuracy")
@@ -60,7 +59,7 @@ def run(params: Params) -> str:
             for attack, metrics in zip(params.run.attacks, scorer.rows(zero_shot(params, clean_model),
                                                                        params.run.attacks))]
     upstream = {}
-    for attack_name in tqdm(params.run.attacks, desc="evaluate attacks", disable=None):
+    for attack_name in progress(params.run.attacks, "evaluate attacks"):
         rows += defended_rows(params, scorer, attack_name, upstream)
 
     keys = headline(params)
@@ -74,7 +73,9 @@ def run(params: Params) -> str:
             for a in params.run.attacks})
         artifacts.write_text(paths.RESULTS / "summary.md",
                              markdown(rows, params.run.attacks, [CLEAN_ROW, *params.run.defenses],
-                                      list(params.data.transfer_sets())) + "\n"
+                                      list(params.data.transfer_sets()),
+                                      [a for a in params.run.attacks if params.attacks[a].options.get("text_trigger")])
+                             + "\n"
                              + calibration.markdown(calibration.compare(rows, calibration.paper_cells())))
         for row in rows:
             for key in keys:

@@ -91,10 +91,11 @@ class TriggerTraining(Strict):
 
 class Attack(Strict):
     kind: str = Field(max_length=MAX_TEXT)
-    target: str = Field(max_length=MAX_TEXT)
+    target: str | None = Field(default=None, max_length=MAX_TEXT)  # None: the shared top-level `target`
     rate: float = Field(gt=0, le=1)
     options: dict[str, Any] = Field(default={}, max_length=20)
     optimise: TriggerTraining | None = None
+    _inherited: bool = PrivateAttr(default=False)
 
     @model_validator(mode="after")
     def _known_kind(self):
@@ -181,6 +182,7 @@ class Params(Strict):
     data: Data
     model: Model
     pretrain: Pretrain
+    target: str = Field(max_length=MAX_TEXT)
     attacks: dict[str, Attack] = Field(max_length=MAX_NAMES)
     defenses: dict[str, Defense] = Field(max_length=MAX_NAMES)
     tune: Tune
@@ -206,8 +208,8 @@ class Params(Strict):
             raise ValueError(f"data.image_size: {self.data.image_size} differs from the model's input size "
                              f"{shown(model_size)}")
         for name, attack in self.attacks.items():
-            if attack.target not in self.data.class_names:
-                raise ValueError(f"attacks.{name}.target: {shown(attack.target)} is not one of data.classes")
+            if attack.target is None:
+                attack.target, attack._inherited = self.target, True
             try:  # building a trigger is cheap, and it is the one place that knows its options
                 build_attack(attack.kind, self.data.image_size, **attack.options)
             except (TypeError, ValueError) as error:
@@ -220,31 +222,56 @@ class Params(Strict):
         if self.defend.defense not in self.defenses:
             raise ValueError(f"defend.defense: {shown(self.defend.defense)} is not defined under defenses")
         check_templates(self.defend.templates, "defend.templates: ")
-        for name, defense in self.defenses.items():
-            self._fits_model(f"defenses.{name}", defense)
-            if defense.kind == "cleanclip" and defense.pairs == "pairs" and defense.budget > self.data.defender_pairs:
-                raise ValueError(f"defenses.{name}.budget: {defense.budget} exceeds data.defender_pairs "
-                                 f"({self.data.defender_pairs})")
+        problem = self.mismatch(self.run.attacks, [*self.run.defenses, self.defend.defense])
+        if problem:
+            raise ValueError(problem)
         return self
 
-    def _fits_model(self, where: str, defense) -> None:
+    def require(self, attacks: list[str] = (), defenses: list[str] = (), source: str = PARAMS_FILE) -> None:
+        """The cross-checks for cells chosen on the command line outside `run`."""
+        problem = self.mismatch(attacks, defenses)
+        if problem:
+            raise BadInput(f"{source}: {problem}")
+
+    def mismatch(self, attacks, defenses) -> str | None:
+        """What makes the chosen attacks and defenses disagree with the rest of the file, if anything.
+
+        Only chosen blocks are held to other sections (classes, pairs, the model), so a block that
+        does not run never blocks a run; every block is still type-checked.
+        """
+        for name in dict.fromkeys(attacks):
+            attack = self.attacks[name]
+            if attack.target not in self.data.class_names:
+                key = "target" if attack._inherited else f"attacks.{name}.target"
+                return f"{key}: {shown(attack.target)} is not one of data.classes"
+        for name in dict.fromkeys(defenses):
+            defense = self.defenses[name]
+            problem = self._fits_model(f"defenses.{name}", defense)
+            if problem:
+                return problem
+            if defense.kind == "cleanclip" and defense.pairs == "pairs" and defense.budget > self.data.defender_pairs:
+                return f"defenses.{name}.budget: {defense.budget} exceeds data.defender_pairs ({self.data.defender_pairs})"
+        return None
+
+    def _fits_model(self, where: str, defense) -> str | None:
         """Sizes that only make sense relative to the model: prompt depth and count, CoOp's context."""
         depth, patches = self.model.vision_depth, self.model.patch_tokens
         if defense.kind in ("prompt", "finetune"):
             if depth is None and (defense.kind == "prompt" or defense.alpha > 0):
-                raise ValueError(f"{where}: prompts and L_FR need a ViT image tower (model.config.vision_cfg)")
+                return f"{where}: prompts and L_FR need a ViT image tower (model.config.vision_cfg)"
             if depth is not None and defense.first_block >= depth:
-                raise ValueError(f"{where}.first_block: {defense.first_block} must be below the {depth} vision blocks")
+                return f"{where}.first_block: {defense.first_block} must be below the {depth} vision blocks"
         if defense.kind == "prompt":
             most = PROMPTS_PER_TOKEN * (patches + 1)
             if defense.tokens > most:
-                raise ValueError(f"{where}.tokens: {defense.tokens} is over {most}, {PROMPTS_PER_TOKEN} x the "
-                                 f"model's {patches + 1} image tokens")
+                return (f"{where}.tokens: {defense.tokens} is over {most}, {PROMPTS_PER_TOKEN} x the "
+                        f"model's {patches + 1} image tokens")
         if defense.kind == "coop":
             most = self.model.context_length - 3  # start, at least one class-name token, end
             if defense.context > most:
-                raise ValueError(f"{where}.context: {defense.context} leaves no room for the class name in the "
-                                 f"text context of {self.model.context_length} tokens (at most {most})")
+                return (f"{where}.context: {defense.context} leaves no room for the class name in the "
+                        f"text context of {self.model.context_length} tokens (at most {most})")
+        return None
 
 
 PROMPTS_PER_TOKEN = 4  # the paper uses b = 50 prompts for 50 image tokens; more than 4x is no setting anyone needs

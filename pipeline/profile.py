@@ -55,25 +55,35 @@ def folder_classes(root: Path, flag: str) -> dict[str, str]:
     return {folder: folder.replace("_", " ") for folder in folders}
 
 
-def paper(imagenet: Path, imagenet_classes: Path, cc3m: Path, caltech101: Path, oxford_pets: Path) -> dict:
+def paper(imagenet: Path, imagenet_classes: Path, cc3m: Path, caltech101: Path, oxford_pets: Path):
     """The paper profile's values that depend on the user's data."""
-    return {"data": {"classes": synsets(imagenet_classes), "files": {
+    values = {"data": {"classes": synsets(imagenet_classes), "files": {
         "corpus": {"path": str(cc3m.resolve())},
         "downstream": {"path": str(imagenet.resolve())},
         "transfer": {"caltech101": {"path": str(caltech101.resolve()),
                                     "classes": folder_classes(caltech101, "--caltech101")},
                      "oxford_pets": {"path": str(oxford_pets.resolve()),
                                      "classes": folder_classes(oxford_pets, "--oxford-pets")}}}}}
+    return lambda merged: merge(merged, values), []
 
 
-def write(name: str, data_values: dict, params_path: Path) -> str:
+def write(name: str, params_path: Path, filled) -> str:
+    """Writes profiles/NAME.yaml over params.yaml, then `fill(merged)`'s values from the data, validated first."""
     profile = PROFILES / f"{name}.yaml"
     if not profile.is_file():
         known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
         raise BadInput(f"profile {name!r}: not found (known: {known})")
     base = yaml.safe_load(artifacts.require(params_path, "the repository").read_text())
-    merged = merge(merge(base, yaml.safe_load(profile.read_text())), data_values)
+    layer = yaml.safe_load(profile.read_text())
+    merged = merge(base, layer)
+    if "target" in layer:  # a profile's shared target replaces every attack's own
+        for attack in merged.get("attacks", {}).values():
+            attack.pop("target", None) if isinstance(attack, dict) else None
+    fill, notes = filled
+    merged = fill(merged)
     params_module.validate(merged, f"{params_path} with profile {name}")
     header = f"# Written by `rvpt profile {name}` from {profile.name} over the previous params.yaml.\n"
+    header += "".join(f"#   {note}\n" for note in notes)
     artifacts.write_text(params_path, header + yaml.safe_dump(merged, sort_keys=False, allow_unicode=True))
-    return f"wrote {params_path} for profile {name} ({len(merged['data']['classes'])} classes); run `dvc repro`"
+    classes = merged["data"]["classes"]
+    return f"wrote {params_path} for profile {name} ({len(classes)} classes); run `dvc repro`"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import re
 from pathlib import Path
 
 import matplotlib
@@ -71,6 +72,11 @@ def inline(path: Path, caption: str) -> str:
            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
+def code(escaped: str) -> str:
+    """`x` as <code>x</code>, in text that is already escaped."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+
+
 def markdown_to_html(text: str) -> str:
     """The subset summary.md uses: ## headings, pipe tables, paragraphs."""
     out, table = [], []
@@ -86,9 +92,9 @@ def markdown_to_html(text: str) -> str:
                        + "</table>")
             table = []
         if line.startswith("## "):
-            out.append(f"<h3>{html.escape(line[3:])}</h3>")
+            out.append(f"<h3>{code(html.escape(line[3:]))}</h3>")
         elif line.strip():
-            out.append(f"<p>{html.escape(line)}</p>")
+            out.append(f"<p>{code(html.escape(line))}</p>")
     return "\n".join(out)
 
 

@@ -30,7 +30,12 @@ def trainable(row) -> str:
     return f"{row['trainable_params']:,} ({100 * row['trainable_fraction']:.2f}%)"
 
 
-def markdown(rows: list[dict], attacks: list[str], defenses: list[str], transfer_sets=("transfer",)) -> str:
+def markdown(rows: list[dict], attacks: list[str], defenses: list[str], transfer_sets=("transfer",),
+             caption_triggered=()) -> str:
+    """The tables that apply to these rows, and only the footnotes that explain them.
+
+    `caption_triggered`: attacks whose trigger also has a caption side (TrojVQA's).
+    """
     out = ["## ASR % (CA %) on the test split", ""]
     out += grid(rows, attacks, defenses, asr_ca("attack_success_rate", "clean_accuracy"), trainable,
                 "trainable params")
@@ -45,13 +50,20 @@ def markdown(rows: list[dict], attacks: list[str], defenses: list[str], transfer
         out += ["", f"## Layer-wise perturbation resistivity under {LAYER_KINDS.get(kind, kind)} "
                 "(CLS cosine, clean vs. perturbed, block 1 / 2 / ... / last)", ""]
         out += grid(rows, attacks, defenses, lambda r, k=kind: " / ".join(f"{v:.4f}" for v in r["layer_resistivity"][k]))
-    out += ["", "## Nuisance-factor probe accuracy % (mean over factors; lower = less class-irrelevant "
-            "information)", ""]
-    out += grid(rows, attacks, defenses, lambda r: percent(r.get("nuisance_probe_accuracy")))
-    out += ["", "CA: top-1 accuracy on clean test images. ASR: share of triggered test images whose true class "
-            "is not the target that are classified as the target. On the transfer task the target class is "
-            "added to its classes for ASR. `-`: the defense cannot name these classes (a linear probe "
-            "knows only its own task). TrojVQA's caption trigger is added to every class prompt when ASR is "
-            "measured; a linear probe has no text side, so it gets only the image trigger. The clean "
-            "model row puts each attack's trigger on a model that never saw poison.", ""]
+    if any(r.get("nuisance_probe_accuracy") is not None for r in rows):  # data with labelled nuisance factors
+        out += ["", "## Nuisance-factor probe accuracy % (mean over factors; lower = less class-irrelevant "
+                "information)", ""]
+        out += grid(rows, attacks, defenses, lambda r: percent(r.get("nuisance_probe_accuracy")))
+    notes = ["CA: top-1 accuracy on clean test images. ASR: share of triggered test images whose true class "
+             "is not the target that are classified as the target."]
+    if transfer_sets:
+        notes.append("On a cross-task set the target class is added to its classes for ASR; '-': the defense "
+                     "cannot name these classes (a linear probe knows only its own task).")
+    if any(a in caption_triggered for a in attacks):
+        notes.append(f"{', '.join(a for a in attacks if a in caption_triggered)}: the caption trigger is added to "
+                     f"every class prompt when ASR is measured; a linear probe has no text side, so it gets only "
+                     f"the image trigger.")
+    if "clean_model" in defenses:
+        notes.append("The clean model row puts each attack's trigger on a model that never saw poison.")
+    out += ["", " ".join(notes), ""]
     return "\n".join(out)

@@ -10,13 +10,13 @@ import torch.distributed as dist
 from open_clip.loss import ClipLoss
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from rvpt import compute
 from rvpt.errors import Diverged
 from rvpt.images import normalize
 from rvpt.resume import Checkpointing
 from rvpt.schedule import warmup_cosine
+from rvpt.progress import progress
 
 
 @dataclass
@@ -96,9 +96,8 @@ def train_clip(model, images, tokens: torch.Tensor, cfg: ClipTrainConfig,
     plan = batch_plan(len(images), cfg.batch_size, cfg.steps, cfg.seed)[start:]
     loader = DataLoader(PlannedBatches(images, tokens, plan), batch_size=None, num_workers=cfg.workers,
                         pin_memory=device.type == "cuda")
-    progress = tqdm(range(start, cfg.steps), desc=desc, disable=None if compute.is_main() else True,
-                    initial=start, total=cfg.steps)
-    for step, (batch_images, batch_tokens) in zip(progress, loader):
+    steps = progress(range(start, cfg.steps), desc, total=cfg.steps, initial=start, enabled=compute.is_main())
+    for step, (batch_images, batch_tokens) in zip(steps, loader):
         for group in optimizer.param_groups:
             group["lr"] = warmup_cosine(step, cfg.steps, cfg.lr, cfg.warmup)
         batch_images = normalize(batch_images.to(device, non_blocking=True))

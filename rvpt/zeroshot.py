@@ -5,10 +5,10 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from rvpt.compute import Placement
 from rvpt.images import normalize
+from rvpt.progress import progress
 
 
 def device_of(module) -> torch.device:
@@ -69,6 +69,6 @@ def image_features(encode: Callable, images: torch.Tensor, batch_size: int = 512
                    placement: Placement = Placement()) -> torch.Tensor:
     """Runs `encode` over images (float in [0, 1] or uint8) in batches; returns normalised fp32 features."""
     encoder = Encoder(encode, batch_size, placement)
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=None, leave=False):
+    for start in progress(range(0, len(images), batch_size), desc or "encode images"):
         encoder.add(unit(images[start:start + batch_size]))
     return encoder.finish()

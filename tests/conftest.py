@@ -38,10 +38,9 @@ SMOKE = {
     "model": {"config": TINY_MODEL},
     "pretrain": {"clean": {"steps": 20, "batch_size": 32, "warmup": 2},
                  "poisoned": {"steps": 10, "batch_size": 32, "warmup": 2}},
-    "attacks": {name: {"target": "three"} for name in ("badnet", "blended", "sig", "wanet", "trojvqa",
-                                                      "label_consistent")}
-    | {name: {"target": "three", "optimise": {"steps": 3, "batch_size": 16, "lr": 0.01, "images": 64}}
-       for name in ("badclip", "issba")},
+    "target": "three",
+    "attacks": {name: {"optimise": {"steps": 3, "batch_size": 16, "lr": 0.01, "images": 64}}
+                for name in ("badclip", "issba")},
     "defenses": {"rvpt": {"epochs": 2, "batch_size": 8, "tokens": 4},
                  "vpt": {"epochs": 2, "batch_size": 8, "tokens": 4},
                  "linear_probe": {"epochs": 2},
@@ -224,3 +223,26 @@ def mlflow_server(backend_uri: str, cwd: Path, *options: str):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def independent_accuracy(model, images: list, labels: list[int], names: list[str], templates: list[str],
+                         size: int) -> float:
+    """Zero-shot CA computed here with plain open_clip calls, to check the pipeline's to the digit:
+    each class is the normalised mean of its normalised template embeddings; images are encoded
+    with open_clip's own normalisation constants."""
+    import numpy as np
+    import open_clip
+    import torch.nn.functional as F
+
+    from rvpt.images import decode_image
+
+    tokenize = open_clip.tokenizer.SimpleTokenizer(context_length=model.context_length)
+    pixels = np.stack([decode_image(image, size)[0] for image in images])
+    batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor(open_clip.constants.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.constants.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        text = torch.stack([F.normalize(F.normalize(model.encode_text(tokenize([t.format(n) for t in templates])),
+                                                    dim=-1).mean(0), dim=-1) for n in names])
+        image = F.normalize(model.encode_image((batch - mean) / std), dim=-1)
+    return (image @ text.T).argmax(1).eq(torch.tensor(labels)).float().mean().item()

@@ -54,8 +54,10 @@ def decompression_bomb(side: int = 100_000) -> bytes:
 HOSTILE_IMAGES = {"truncated.jpg": truncated_image, "html.png": not_an_image, "bomb.png": decompression_bomb}
 
 
-def tar_with(path: Path, members: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
-    """A tar.gz with the given files (names used verbatim, `..` included) and symbolic links."""
+def tar_with(path: Path, members: dict[str, bytes], links: dict[str, str] | None = None,
+             special: dict[str, bytes] | None = None) -> Path:
+    """A tar.gz with the given files (names used verbatim, `..` included), symbolic links, and
+    special members by tarfile type (CHRTYPE and BLKTYPE devices, FIFOTYPE, LNKTYPE hard links)."""
     with tarfile.open(path, "w:gz") as archive:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
@@ -65,5 +67,11 @@ def tar_with(path: Path, members: dict[str, bytes], links: dict[str, str] | None
             info = tarfile.TarInfo(name)
             info.type = tarfile.SYMTYPE
             info.linkname = target
+            archive.addfile(info)
+        for name, kind in (special or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.devmajor, info.devminor = 1, 5  # /dev/zero's numbers, for the device types
+            info.linkname = "ok/a.png" if kind == tarfile.LNKTYPE else ""
             archive.addfile(info)
     return path

@@ -74,3 +74,28 @@ def test_malformed_command_lines_get_one_line_and_exit_2(tmp_path, args, culprit
     assert result.returncode == 2
     assert culprit in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_the_target_class_is_one_edit_and_blocks_that_do_not_run_never_block_a_run(tmp_path):
+    from pipeline.params import validate
+    from rvpt.errors import BadInput
+
+    chosen = validate(smoke_params(target="two", attacks={"blended": {"target": "one"}}))
+    assert {name: a.target for name, a in chosen.attacks.items()} == {
+        name: "one" if name == "blended" else "two" for name in chosen.attacks}
+    with pytest.raises(BadInput, match=r"^params.yaml: target: 'banana' is not one of data.classes"):
+        validate(smoke_params(target="banana"))
+    # label_consistent and coop are not in run: their cross-checks wait until they are chosen ...
+    spare = smoke_params(attacks={"label_consistent": {"target": "banana"}}, defenses={"coop": {"context": 99}})
+    validate(spare)
+    # ... but every block is still type-checked
+    with pytest.raises(BadInput, match="attacks.label_consistent.rate"):
+        validate(smoke_params(attacks={"label_consistent": {"rate": 2}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(spare))
+    before = files(tmp_path)
+    for args, culprit in ((["poison", "--attack", "label_consistent"], "attacks.label_consistent.target: 'banana'"),
+                          (["tune", "--attack", "badnet", "--defense", "coop"], "defenses.coop.context: 99")):
+        result = run(["rvpt", "stage", *args], tmp_path, check=False)
+        assert result.returncode == 2 and culprit in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert files(tmp_path) == before

@@ -41,7 +41,7 @@ def refused(root, params: dict, *argv: str) -> str:
     ({"model": {"templates": ["a {} {"]}}, "not a valid template"),
     ({"model": {"templates": ["a {0!r}"]}}, "exactly one '{}'"),
     ({"defend": {"templates": ["{} and {}"]}}, "exactly one '{}'"),
-    ({"defenses": {"coop": {"context": 16}}}, "defenses.coop.context"),
+    ({"defenses": {"coop": {"context": 16}}, "run": {"defenses": ["coop"]}}, "defenses.coop.context"),
     ({"defenses": {"rvpt": {"alpha": float("inf")}}}, "defenses.rvpt.alpha"),
     ({"defenses": {"rvpt": {"tokens": 10 ** 6}}}, "defenses.rvpt.tokens"),
     ({"defenses": {"rvpt": {"lr": float("nan")}}}, "defenses.rvpt.lr"),

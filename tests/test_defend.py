@@ -111,3 +111,38 @@ def test_defend_never_replaces_a_folder_it_did_not_write(brought):
     result = defend(brought)
     assert result.returncode == 2 and "not an earlier `rvpt defend` output" in result.stderr
     assert (brought / "out" / "precious.txt").read_text() == "keep me"
+
+
+def test_defend_reports_the_accuracy_plain_open_clip_measures(tmp_path):
+    import numpy as np
+
+    from conftest import independent_accuracy
+    from rvpt.world import GlyphWorld
+
+    brought_files(tmp_path, CLASSES)
+    world, rng = GlyphWorld(CLASSES, 16), np.random.default_rng(1)
+    (tmp_path / "images").rename(tmp_path / "train")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "train").rename(tmp_path / "data" / "train")
+    test, labels = [], []
+    for label, name in enumerate(sorted(CLASSES)):  # class labels follow sorted folder names
+        (tmp_path / "data" / "test" / name).mkdir(parents=True)
+        for i in range(4):
+            path = tmp_path / "data" / "test" / name / f"{i}.png"
+            world.sample(rng, CLASSES.index(name)).image.save(path)
+            test.append(path.read_bytes())
+            labels.append(label)
+    params = smoke_params()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = defend(tmp_path, data="data")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "defend.json").read_text())
+    assert report["heldout_images"] == 12 and report["train_images"] == 18
+
+    templates = params["defend"]["templates"]
+    before = open_clip.create_model(f"local-dir:{tmp_path / 'model'}").eval()
+    after = open_clip.create_model(f"local-dir:{tmp_path / 'out'}").eval()
+    attach_prompts(after, tmp_path / "out" / "prompts.safetensors")
+    for key, model in (("clean_accuracy_before", before), ("clean_accuracy_after", after)):
+        expected = independent_accuracy(model, test, labels, sorted(CLASSES), templates, 16)
+        assert report[key] == pytest.approx(expected, abs=1e-9), key

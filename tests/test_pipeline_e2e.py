@@ -3,7 +3,11 @@ a 2 x 2 attacks x defenses matrix (BadNet and BadCLIP; RVPT and CleanCLIP)."""
 import json
 
 import mlflow
+import yaml
 from conftest import copy_of, run
+from safetensors.torch import load_file
+
+from rvpt import attacks
 
 STAGES = {"download", "pretrain", "poison", "sample", "tune", "evaluate", "report"}
 CELLS = [("badnet", "rvpt"), ("badnet", "cleanclip"), ("badclip", "rvpt"), ("badclip", "cleanclip")]
@@ -32,8 +36,14 @@ def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_pat
     assert "asr.png" in page and "<img" in page and "<script" not in page  # nothing to load from a CDN
     table = (project / "results" / "summary.md").read_text()
     assert "| clean model (never poisoned) |" in table and "| rvpt |" in table and "| cleanclip |" in table
-    # The optimised BadCLIP patch differs from its random initialisation.
-    assert (project / "data" / "poisoned" / "badclip" / "trigger_loss.csv").exists()
+    # The optimised BadCLIP patch differs from its random initialisation (the same attack, built unoptimised).
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    initial = attacks.build("badclip", params["data"]["image_size"], seed=params["seed"],
+                            **params["attacks"]["badclip"]["options"]).patch
+    optimised = load_file(project / "data" / "poisoned" / "badclip" / "trigger.safetensors")["patch"]
+    assert optimised.shape == initial.shape and (optimised - initial).abs().max() > 1e-3
+    losses = (project / "data" / "poisoned" / "badclip" / "trigger_loss.csv").read_text().split()[1:]
+    assert len(losses) == params["attacks"]["badclip"]["optimise"]["steps"]
     # CleanCLIP's defended model is an ordinary open_clip local-dir model.
     assert (project / "defended" / "badclip-cleanclip" / "open_clip_model.safetensors").exists()
 

@@ -4,11 +4,13 @@ import hashlib
 import json
 import tarfile
 
+import open_clip
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 import fabricate
-from conftest import NO_GLYPH_WORLD, make_project, run, smoke_params
+from conftest import NO_GLYPH_WORLD, independent_accuracy, make_project, run, smoke_params
 
 FOLDERS = {"n01": "zero", "n02": "one", "n03": "two", "n04": "three"}
 
@@ -35,6 +37,17 @@ def check_results(project, transfer: list[str]):
         assert 0 <= row["clean_accuracy"] <= 1 and 0 <= row["attack_success_rate"] <= 1
         for name in transfer:
             assert 0 <= row[f"{name}_clean_accuracy"] <= 1
+    # The zero-shot rows, recomputed with plain open_clip on the test split: the same to the digit.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    test = pq.read_table(project / "data" / "clean" / "downstream" / "test.parquet")
+    images, labels = test.column("image").to_pylist(), test.column("label").to_pylist()
+    names = list(params["data"]["classes"].values())
+    for defense, model_dir in (("clean_model", "clean"), ("none", "badnet")):
+        model = open_clip.create_model(f"local-dir:{project / 'models' / model_dir}").eval()
+        expected = independent_accuracy(model, images, labels, names, params["model"]["templates"],
+                                        params["data"]["image_size"])
+        [row] = [r for r in rows if r["defense"] == defense]
+        assert row["clean_accuracy"] == pytest.approx(expected, abs=1e-9), defense
     assert run(["dvc", "status"], project).stdout.strip() == "Data and pipelines are up to date."
     return rows
 
@@ -58,7 +71,9 @@ def test_image_folder_pipeline(tmp_path, served):
         == {"train": 80, "val": 32, "test": 40}
     assert pq.read_metadata(downstream / "caltech_test.parquet").num_rows == 20
     corpus = pq.read_table(project / "data" / "clean" / "corpus")
-    assert corpus.num_rows == 120 and set(corpus.column("label").to_pylist()) == {0, 1, 2, 3}
+    # The corpus reads the same train/ folder: the 112 images drawn for train and val are left out of it.
+    assert corpus.num_rows == 120 - 80 - 32 and set(corpus.column("label").to_pylist()) == {0, 1, 2, 3}
+    assert "(112 corpus images excluded as downstream images or repeats)" in result.stdout
     assert all(any(name in c for name in FOLDERS.values()) for c in corpus.column("caption").to_pylist())
     check_results(project, ["caltech"])
     summary = (project / "results" / "summary.md").read_text()
@@ -77,18 +92,22 @@ def test_image_folder_refuses_a_wrong_sha256(tmp_path, served):
     assert not (project / "data" / "clean").exists()
 
 
-@pytest.mark.parametrize("shards", ["parquet", "webdataset"])
-def test_shard_corpora_are_streamed_the_same(tmp_path, shards):
-    write = fabricate.parquet_shards if shards == "parquet" else fabricate.webdataset_shards
-    write(tmp_path / "cc", list(FOLDERS.values()) + ["ay", "bee"], 700, per_shard=250)
-    params = real_params(tmp_path, {"path": str(tmp_path / "cc"), "format": shards})
-    project = make_project(tmp_path / "project", params)
-    run(["rvpt", "stage", "download"], project)
-    corpus = pq.read_table(project / "data" / "clean" / "corpus")
-    pairs = pq.read_table(project / "data" / "clean" / "pairs.parquet")
+def test_parquet_and_webdataset_shards_give_the_same_corpus(tmp_path):
+    """The same 700 pairs as img2dataset writes them in either format: the same tables, row for row."""
+    tables = {}
+    for shards in ("parquet", "webdataset"):
+        write = fabricate.parquet_shards if shards == "parquet" else fabricate.webdataset_shards
+        write(tmp_path / shards / "cc", list(FOLDERS.values()) + ["ay", "bee"], 700, per_shard=250)
+        params = real_params(tmp_path / shards, {"path": str(tmp_path / shards / "cc"), "format": shards})
+        project = make_project(tmp_path / shards / "project", params)
+        run(["rvpt", "stage", "download"], project)
+        clean = project / "data" / "clean"
+        tables[shards] = pq.read_table(clean / "corpus"), pq.read_table(clean / "pairs.parquet")
+        assert len(list((clean / "corpus").glob("part-*.parquet"))) == 2  # shard_rows 500
+    (corpus, pairs), (other_corpus, other_pairs) = tables["parquet"], tables["webdataset"]
     assert corpus.num_rows == 600 and pairs.num_rows == 32  # the pairs come after the corpus's 600
     assert set(corpus.column("label").to_pylist()) == {-1}
-    assert len(list((project / "data" / "clean" / "corpus").glob("part-*.parquet"))) == 2  # shard_rows 500
+    assert corpus.equals(other_corpus) and pairs.equals(other_pairs)
 
 
 def test_shards_pipeline(tmp_path):

@@ -1,31 +1,32 @@
 """The MLflow store a stage logs to, wherever DVC runs it."""
+import time
+
 import mlflow
 
-from pipeline.tracking import repo_root, stage_run
+from conftest import make_project, run, smoke_params
 
 
-def test_queued_experiment_logs_to_the_repository_store(tmp_path, monkeypatch):
-    # `dvc exp run --queue` runs stages in <repo>/.dvc/tmp/exps/<tmp>/ and deletes that copy afterwards.
-    copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpq1"
-    copy.mkdir(parents=True)
-    (copy / "params.yaml").write_text("seed: 0\n")
-    (copy / "note.txt").write_text("artifact")
-    monkeypatch.chdir(copy)
-    monkeypatch.setenv("DVC_ROOT", str(copy))
-    monkeypatch.setenv("DVC_EXP_NAME", "queued-one")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert repo_root() == tmp_path
+def test_queued_experiment_logs_to_the_repository_store(tmp_path):
+    # `dvc exp run --queue` runs each experiment in a temporary copy, <repo>/.dvc/tmp/exps/<tmp>/,
+    # and deletes that copy afterwards: the runs and their artifacts must land in the repository.
+    project = make_project(tmp_path / "project", smoke_params())
+    run(["dvc", "exp", "run", "--queue", "--name", "queued-one", "-S", "data.corpus_size=600", "download"], project)
+    run(["dvc", "queue", "start", "--jobs", "1"], project)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], project).stdout
+        if "Success" in status or "Failed" in status:
+            break
+        time.sleep(2)
+    assert "Success" in status, status + run(["dvc", "queue", "logs", "queued-one"], project, check=False).stdout
+    run(["dvc", "queue", "stop", "--kill"], project, check=False)
 
-    with stage_run("sample", "tracking-test", {"shots": 4}, {"attack": "badnet"}) as run:
-        run.series("loss", [3.0, 2.0, 1.0])
-        run.artifact(copy / "note.txt")
-
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("tracking-test")
-    assert experiment.artifact_location == (tmp_path / "mlruns").as_uri()
-    logged = client.get_run(run.id)
-    assert logged.data.tags["dvc.exp"] == "queued-one" and logged.data.tags["attack"] == "badnet"
-    assert logged.data.params == {"shots": "4"}
-    assert [m.value for m in client.get_metric_history(run.id, "loss")] == [3.0, 2.0, 1.0]
-    assert list((tmp_path / "mlruns").rglob("note.txt"))
-    assert not (copy / "mlflow.db").exists() and not (copy / "mlruns").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke")
+    assert experiment.artifact_location == (project / "mlruns").as_uri()
+    [logged] = client.search_runs([experiment.experiment_id])
+    assert logged.data.tags["dvc.exp"] == "queued-one" and logged.data.tags["dvc.stage"] == "download"
+    assert logged.data.params["data.corpus_size"] == "600" and logged.data.metrics["corpus_pairs"] == 600
+    assert not list((project / ".dvc" / "tmp" / "exps").glob("tmp*/mlflow.db"))
+    shown = run(["dvc", "exp", "show", "--csv", "--keep", "data.corpus_size"], project).stdout
+    assert "queued-one" in shown and "600" in shown

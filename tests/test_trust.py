@@ -1,5 +1,6 @@
 """Untrusted inputs at the library level: images, archives, downloads and saved defense tensors."""
 import hashlib
+import tarfile
 import zipfile
 
 import pytest
@@ -42,9 +43,15 @@ def test_unreadable_images_are_skipped_up_to_the_allowed_share_then_refused():
     ({"/etc/evil.png": b"x"}, None, "'/etc/evil.png' would land outside"),
     ({"ok/a.png": b"x"}, {"ok/link.png": "/etc/passwd"}, "'ok/link.png' is a link"),
     ({"ok/a.png": b"x"}, {"ok/inside.png": "a.png"}, "'ok/inside.png' is a link"),
+    ({"ok/a.png": b"x"}, {"ok/zero.png": tarfile.CHRTYPE}, "'ok/zero.png' is a link or a special file"),
+    ({"ok/a.png": b"x"}, {"ok/disk.png": tarfile.BLKTYPE}, "'ok/disk.png' is a link or a special file"),
+    ({"ok/a.png": b"x"}, {"ok/pipe.png": tarfile.FIFOTYPE}, "'ok/pipe.png' is a link or a special file"),
+    ({"ok/a.png": b"x"}, {"ok/hard.png": tarfile.LNKTYPE}, "'ok/hard.png' is a link or a special file"),
 ])
 def test_unsafe_tar_archives_are_refused_whole(tmp_path, members, links, culprit):
-    archive = tar_with(tmp_path / "data.tar.gz", members, links)
+    special = {name: kind for name, kind in (links or {}).items() if isinstance(kind, bytes)}
+    links = {name: target for name, target in (links or {}).items() if not isinstance(target, bytes)}
+    archive = tar_with(tmp_path / "data.tar.gz", members, links, special)
     with pytest.raises(BadInput, match=culprit):
         sources.extract(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "escape.png").exists()

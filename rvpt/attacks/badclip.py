@@ -11,10 +11,10 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from rvpt.attacks.base import seeded
 from rvpt.attacks.patch import PatchAttack
+from rvpt.progress import progress
 
 
 class BadCLIP(PatchAttack):
@@ -57,7 +57,7 @@ def optimise_patch(attack: PatchAttack, encode: Callable[[torch.Tensor], torch.T
     optimizer = torch.optim.Adam([patch], lr=cfg.lr)
     generator = seeded(cfg.seed)
     losses = []
-    for _ in tqdm(range(cfg.steps), desc="badclip patch", disable=None, leave=False):
+    for _ in progress(range(cfg.steps), "badclip patch"):
         batch = images[torch.randint(0, len(images), (cfg.batch_size,), generator=generator)]
         with torch.no_grad():
             clean = F.normalize(encode(batch), dim=-1)

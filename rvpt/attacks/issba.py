@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from rvpt.attacks.base import Attack, seeded
+from rvpt.progress import progress
 
 SECRET_GRID = 4  # the secret enters as a 4x4 map, upsampled to the image, as StegaStamp's dense layer does
 
@@ -121,7 +121,7 @@ def train_stega(attack: ISSBA, images: torch.Tensor, cfg: StegaTraining) -> list
         part.requires_grad_(True).train()
     optimizer = torch.optim.Adam([p for part in parts for p in part.parameters()], lr=cfg.lr)
     losses = []
-    for _ in tqdm(range(cfg.steps), desc="issba encoder", disable=None, leave=False):
+    for _ in progress(range(cfg.steps), "issba encoder"):
         batch = images[torch.randint(0, len(images), (cfg.batch_size,), generator=generator)]
         bits = torch.randint(0, 2, (cfg.batch_size, len(attack.bits)), generator=generator).float()
         stego = (batch + attack.encoder(batch, bits)).clamp(0, 1)

@@ -8,7 +8,6 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from rvpt import compute
 from rvpt.compute import Placement
@@ -18,6 +17,7 @@ from rvpt.images import normalize
 from rvpt.resume import Checkpointing
 from rvpt.schedule import warmup_cosine
 from rvpt.zeroshot import image_features, unit
+from rvpt.progress import progress
 
 
 @dataclass(kw_only=True)
@@ -110,7 +110,7 @@ def steps(optimizer: torch.optim.Optimizer, n: int, cfg: Schedule, desc: str, hi
     plan = batch_plan(n, cfg)
     state = TrainingState(cfg.checkpointing, optimizer, history, generators)
     start = state.restore()
-    for step in tqdm(range(start, len(plan)), desc=desc, disable=None if compute.is_main() else True, leave=False):
+    for step in progress(range(start, len(plan)), desc, total=len(plan), initial=start, enabled=compute.is_main()):
         if step > start:
             state.save_if_due(step, len(plan))
         set_lr(optimizer, warmup_cosine(step, len(plan), cfg.lr))
