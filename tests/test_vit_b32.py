@@ -43,7 +43,7 @@ def test_trainable_fraction_for_the_papers_prompts(vit_b32):
     assert trainable == 9 * 50 * 768 == 345_600
     assert total == 151_277_313  # open_clip's ViT-B-32: the same count as OpenAI's checkpoint
     print(f"ViT-B/32, b=50, D=3: {trainable:,} / {total:,} = {100 * trainable / total:.3f}% trainable")
-    assert abs(trainable / total - 0.002285) < 1e-5  # the paper's 0.27% is not reproduced: see README
+    assert abs(trainable / total - 0.002285) < 1e-5  # the paper's 0.27% is not reproduced: see docs/real-data.md
 
 
 @pytest.mark.parametrize("kind", list(SETTINGS))
