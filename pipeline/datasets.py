@@ -36,8 +36,9 @@ class TableWriter:
         if shard_rows:
             path.mkdir(parents=True, exist_ok=True)
 
-    def add(self, image: bytes, caption: str, label: int) -> None:
-        self.hashes.add(content_hash(image))
+    def add(self, image: bytes, caption: str, label: int, digest: bytes | None = None) -> None:
+        """`digest`: the image's content_hash, when the caller has it already."""
+        self.hashes.add(digest or content_hash(image))
         self.rows.append((image, caption, label))
         self.count += 1
         if len(self.rows) >= self.chunk or (self.shard_rows and self.in_file + len(self.rows) >= self.shard_rows):
@@ -214,7 +215,6 @@ def write_pairs(pairs: Iterator, writers: list[tuple[TableWriter, int]], check: 
     An image whose content hash is in `held_out` (a downstream image) or already written (a
     repeat) is left out, so no pretraining pair is also an evaluation image; returns how many were.
     """
-    written: set[bytes] = set()
     excluded = 0
     for writer, count in writers:
         while writer.count < count:
@@ -227,9 +227,8 @@ def write_pairs(pairs: Iterator, writers: list[tuple[TableWriter, int]], check: 
                 check.skipped.append(f"{name}: no caption")
             elif (blob := check.readable(blob, name)) is not None:
                 digest = content_hash(blob)
-                if digest in held_out or digest in written:
+                if digest in held_out or any(digest in other.hashes for other, _ in writers):
                     excluded += 1
                     continue
-                written.add(digest)
-                writer.add(blob, caption, label)
+                writer.add(blob, caption, label, digest)
     return excluded

@@ -74,16 +74,15 @@ def write(name: str, params_path: Path, filled) -> str:
         known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
         raise BadInput(f"profile {name!r}: not found (known: {known})")
     base = yaml.safe_load(artifacts.require(params_path, "the repository").read_text())
-    layer = yaml.safe_load(profile.read_text())
-    merged = merge(base, layer)
-    if "target" in layer:  # a profile's shared target replaces every attack's own
-        for attack in merged.get("attacks", {}).values():
-            attack.pop("target", None) if isinstance(attack, dict) else None
     fill, notes = filled
-    merged = fill(merged)
+    merged = fill(merge(base, yaml.safe_load(profile.read_text())))
+    # Every attack takes the profile's shared `target`: an attack's own one names a class of the old data.
+    attacks = merged.get("attacks")
+    for attack in attacks.values() if isinstance(attacks, dict) else ():
+        if isinstance(attack, dict):  # anything else is left for validation to name
+            attack.pop("target", None)
     params_module.validate(merged, f"{params_path} with profile {name}")
     header = f"# Written by `rvpt profile {name}` from {profile.name} over the previous params.yaml.\n"
     header += "".join(f"#   {note}\n" for note in notes)
     artifacts.write_text(params_path, header + yaml.safe_dump(merged, sort_keys=False, allow_unicode=True))
-    classes = merged["data"]["classes"]
-    return f"wrote {params_path} for profile {name} ({len(classes)} classes); run `dvc repro`"
+    return f"wrote {params_path} for profile {name} ({len(merged['data']['classes'])} classes); run `dvc repro`"

@@ -107,8 +107,6 @@ def fill(root: Path, corpus: Path | None, model_name: str | None, pretrained: st
                                         "test": "test"},
                          "transfer": {}}
         merged["target"] = classes.get(target, target) if target else names[-1]
-        for attack in merged["attacks"].values():
-            attack.pop("target", None)
         scaled_sizes(merged["attacks"], old, (side, patch))
         batch = min(128, corpus_size)
         steps = max(10, math.ceil(EPOCHS * corpus_size / batch))
