@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.command import ARGV, bounded, execute, fail, plain, preflight, selected
+from pipeline.command import ARGV, PARAMS, bounded, execute, fail, plain, preflight, selected
 from rvpt.errors import BadInput
 
 app = typer.Typer(help="Backdoor CLIP on purpose, defend it with RVPT, and measure both.\n\n"
@@ -21,8 +21,6 @@ app = typer.Typer(help="Backdoor CLIP on purpose, defend it with RVPT, and measu
 stage_app = typer.Typer(help="Run one pipeline stage (what `dvc repro` runs), with optional overrides.",
                         no_args_is_help=True)
 app.add_typer(stage_app, name="stage")
-
-PARAMS = typer.Option(Path("params.yaml"), "--params", help="Params file to read.")
 
 
 @stage_app.command()
@@ -127,6 +125,18 @@ def tune(params: Path = PARAMS,
     execute("tune", params, overrides, work, distributed=True)
 
 
+@stage_app.command("scan")
+def scan_stage(params: Path = PARAMS):
+    """Trigger inversion on the clean, backdoored and defended models: is each backdoored, towards which class?"""
+    from pipeline import scan as stage
+
+    def work(p):
+        preflight([stage.needs(p)])
+        return stage.run(p)
+
+    execute("scan", params, {}, work)
+
+
 @stage_app.command()
 def evaluate(params: Path = PARAMS):
     """Score the clean model and every (attack, defense) cell on the test split: CA, ASR, diagnostics."""
@@ -195,53 +205,31 @@ def defend(model: str = typer.Option(..., help="Untrusted model: an open_clip lo
             label="rvpt defend", tracked=False)
 
 
-profile_app = typer.Typer(help="Write params.yaml for a setting and your data; then `dvc repro` runs it.",
-                          no_args_is_help=True)
+@app.command()
+def scan(model: str = typer.Option(..., help="Untrusted model, as for `rvpt defend`; an `rvpt defend` output "
+                                             "folder is scanned with what its defense trained."),
+         data: str = typer.Option(..., help="Clean images: root/<class>/*.jpg (or root/train + root/test), an "
+                                            "archive of it, or a URL."),
+         out: Path = typer.Option(..., help="Output folder: scan.json and the inverted triggers (triggers.png)."),
+         config: Optional[str] = typer.Option(None, help="For a weights file: open_clip model name or config JSON."),
+         sha256: Optional[str] = typer.Option(None, help="Expected sha256 of --model (required for a URL)."),
+         data_sha256: Optional[str] = typer.Option(None, help="Expected sha256 of --data (required for a URL)."),
+         classnames: Optional[Path] = typer.Option(None, help="Class names, one per line, in sorted folder order."),
+         cache: Path = typer.Option(Path.home() / ".cache" / "rvpt", help="Where downloads and extracted archives go."),
+         params: Path = PARAMS):
+    """Is this model backdoored, and towards which class? Trigger inversion with no trigger given.
+
+    Prints a one-line verdict; the report is --out/scan.json. Settings: params.yaml's `scan`.
+    """
+    from pipeline import scan_model as command
+
+    execute("scan", params, {}, lambda p: command.run(p, model, data, out, config, sha256, data_sha256, classnames,
+                                                      cache), label="rvpt scan", tracked=False)
+
+
+from pipeline.cli_profile import profile_app  # noqa: E402  (the commands above come first in --help)
+
 app.add_typer(profile_app, name="profile")
-
-
-@profile_app.command()
-def paper(imagenet: Path = typer.Option(..., help="ImageNet as ImageFolder: train/<wnid>/*, val/<wnid>/*."),
-          imagenet_classes: Path = typer.Option(..., help="wnid -> name lines (LOC_synset_mapping.txt)."),
-          cc3m: Path = typer.Option(..., help="img2dataset webdataset shards of CC3M (*.tar)."),
-          caltech101: Path = typer.Option(..., help="Caltech101's 101_ObjectCategories folder."),
-          oxford_pets: Path = typer.Option(..., help="Oxford-IIIT Pets exported as <breed>/*.jpg folders."),
-          params: Path = PARAMS):
-    """The paper's setting (RVPT, Table 1) on your copies of its datasets."""
-    from pipeline import profile as command
-
-    execute("profile", params, {}, lambda p: command.write(
-        "paper", params, command.paper(imagenet, imagenet_classes, cc3m, caltech101, oxford_pets)),
-        label="rvpt profile", tracked=False, validate=False)
-
-
-@profile_app.command()
-def imagefolder(root: Path = typer.Option(..., help="Your data: root/train/<class>/*, root/test/<class>/* "
-                                                    "(and root/val/<class>/* if you have one)."),
-                corpus: Optional[Path] = typer.Option(None, help="A separate pretraining corpus with the same class "
-                                                                 "folders (default: root/train, minus the "
-                                                                 "downstream images)."),
-                model: Optional[str] = typer.Option(None, help="An open_clip model name (default: params.yaml's "
-                                                               "model)."),
-                pretrained: Optional[str] = typer.Option(None, help="With --model: an open_clip tag or a local "
-                                                                    "weights file (default: train from scratch)."),
-                target: Optional[str] = typer.Option(None, help="The attacks' target class (default: the last "
-                                                                "class folder)."),
-                attacks: Optional[str] = typer.Option(None, help="Comma-separated attacks to run (default: "
-                                                                 "run.attacks)."),
-                defenses: Optional[str] = typer.Option(None, help="Comma-separated defenses to run (default: "
-                                                                  "run.defenses)."),
-                params: Path = PARAMS):
-    """Your own ImageFolder data, with sizes, prompts and triggers fitted to it and to the model."""
-    from pipeline import profile as command
-    from pipeline import profile_imagefolder as own
-
-    def names(value: Optional[str]) -> Optional[list[str]]:
-        return [name.strip() for name in value.split(",") if name.strip()] if value else None
-
-    execute("profile", params, {}, lambda p: command.write(
-        "imagefolder", params, own.fill(root, corpus, model, pretrained, target, names(attacks), names(defenses))),
-        label="rvpt profile", tracked=False, validate=False)
 
 
 def invoke(argv: list[str] | None = None) -> int:

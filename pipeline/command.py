@@ -13,6 +13,8 @@ import typer
 
 from rvpt.errors import BadInput
 
+PARAMS = typer.Option(Path("params.yaml"), "--params", help="Params file to read.")
+
 
 def one_line(message: str) -> str:
     """The message with control characters (newlines included) escaped, so it stays one line."""

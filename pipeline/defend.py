@@ -18,7 +18,8 @@ import torch
 from pipeline import artifacts, defending, sources
 from pipeline.params import Params
 from pipeline.params_data import check_names
-from rvpt import checkpoint, compute, metrics, models
+from pipeline.scan import picture
+from rvpt import checkpoint, compute, metrics, models, scan
 from rvpt.defenses import DefenderData, ZeroShot
 from rvpt.errors import BadInput
 from rvpt.images import decode_many
@@ -144,22 +145,54 @@ def run(params: Params, model_source: str, data_source: str, out: Path, config: 
         features = image_features(defended.encode_image, test_images, params.evaluate.batch_size, placement=placement)
         return metrics.clean_accuracy(defended, features, test_labels, names)
 
-    before = accuracy(ZeroShot(model, tokenize, templates))
+    original = ZeroShot(model, tokenize, templates)
+    before = accuracy(original)
+    scanned = {"before": scanning(params, original, names, (train_images, train_labels), (test_images, test_labels))}
     defended, history = defending.fit(params, params.defend.defense, model,
                                       DefenderData(train_images, train_labels, names), tokenize, templates,
                                       f"defend {params.defend.defense}")
     after = accuracy(defended)
+    scanned["after"] = scanning(params, defended, names, (train_images, train_labels), (test_images, test_labels))
     report = {"defense": params.defend.defense, "kind": spec.kind, "model": model_source,
               "weights_sha256": sources.sha256_of(weights), "data": data_source, "classes": names,
               "train_images": len(train_labels), "heldout_images": len(test_labels),
               "skipped_images": skipped, "clean_accuracy_before": before,
               "clean_accuracy_after": after, "settings": spec.model_dump()}
+    if params.defend.scan:
+        first, _ = scanned["before"]
+        kind, label = first.suspect()
+        report["scan_before"], report["scan_after"] = (result.report() for result, _ in scanned.values())
+        # Did the defense work? The trigger inverted before it, tried on the defended model.
+        report["residual_success"] = scan.success_rate(defended, names, first.triggers[kind], label, test_images,
+                                                       test_labels, params.evaluate.batch_size)
     with artifacts.atomic_dir(out) as folder:
         # The input model, as safetensors; a whole-model defense overwrites it with its own.
         models.save(model, model_cfg, folder)
         defending.save(params, params.defend.defense, defended, history, folder, model_cfg,
                        {"defense": params.defend.defense, "kind": spec.kind})
         artifacts.write_json(folder / "defend.json", report)
+        for when, (result, png) in scanned.items() if params.defend.scan else ():
+            (folder / f"scan_{when}.png").write_bytes(png)
     shown = "n/a" if after is None else f"{after:.3f}"
     return (f"wrote {out}: CA before {before:.3f}, after {shown} on {len(test_labels)} held-out images of "
-            f"{len(names)} classes ({report['skipped_images']} unreadable skipped)")
+            f"{len(names)} classes ({report['skipped_images']} unreadable skipped){scan_line(report)}")
+
+
+def scanning(params: Params, defended, names: list[str], shots, held) -> tuple | None:
+    """(scan, its triggers as PNG) of the model on the tuning images, with held-out ASR; None when scanning is off."""
+    if not params.defend.scan:
+        return None
+    result = scan.scan(defended, names, *shots, params.scan.config(params.seed))
+    scan.held_out_success(result, defended, *held, params.evaluate.batch_size)
+    return result, picture(result)
+
+
+def scan_line(report: dict) -> str:
+    if "scan_before" not in report:
+        return ""
+
+    def said(found: dict) -> str:
+        return f"flagged {found['target']!r}" if found["flagged"] else "not flagged"
+
+    return (f"; scan before: {said(report['scan_before'])}, after: {said(report['scan_after'])}, residual ASR of "
+            f"the inverted trigger {report['residual_success']:.0%}")

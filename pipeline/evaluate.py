@@ -8,13 +8,13 @@ headline numbers keyed for `dvc exp show`) and results/summary.md (the paper's T
 from __future__ import annotations
 
 from pipeline import artifacts, calibration, paths
+from pipeline.cells import load_defended
 from pipeline.evaluation import Scorer, load_backdoored, zero_shot
 from pipeline.params import Params
 from pipeline.summary import markdown
 from pipeline.tracking import stage_run
-from rvpt import models
-from rvpt.defenses import KINDS
 from rvpt.errors import BadInput
+from rvpt import models
 from rvpt.progress import progress
 
 CLEAN_ROW = "clean_model"
@@ -31,18 +31,9 @@ def defended_rows(params: Params, scorer: Scorer, attack_name: str, upstream: di
     tokenize = models.tokenizer(params.model.config)
     rows = []
     for defense_name in params.run.defenses:
-        folder = paths.defended(attack_name, defense_name)
-        made_by = f"rvpt stage tune --attack {attack_name} --defense {defense_name}"
-        tuned = artifacts.read_json(folder / "tune.json", made_by)
+        defended, tuned = load_defended(params, attack_name, defense_name, model, tokenize)
         upstream[f"upstream.tune.{attack_name}-{defense_name}"] = tuned["mlflow_run_id"]
-        kind = params.defenses[defense_name].kind
-        if tuned.get("kind") != kind:
-            raise BadInput(f"{folder}: made by defense kind {tuned.get('kind')!r}, params say {kind!r} "
-                           f"(rerun `{made_by}`)")
-        try:
-            defended = KINDS[kind].load(model, folder, tokenize, params.model.templates)
-        except (ValueError, KeyError, RuntimeError) as error:  # BadInput passes through as it is
-            raise BadInput(f"{folder}: {error}") from None
+        kind = tuned["kind"]
         [metrics] = scorer.rows(defended, [attack_name])
         rows.append({"attack": attack_name, "defense": defense_name, "kind": kind, "shots": tuned["shots"],
                      **metrics, "trainable_params": tuned["trainable_params"],
@@ -50,8 +41,20 @@ def defended_rows(params: Params, scorer: Scorer, attack_name: str, upstream: di
     return rows
 
 
+def with_scan(row: dict, scans: dict) -> None:
+    """The scanner's verdict on the row's model (stage `scan`), which never saw the trigger."""
+    name = row["defense"] if row["defense"] == CLEAN_ROW else f"{row['attack']}-{row['defense']}"
+    if name not in scans:
+        raise BadInput(f"{paths.SCANS / 'scans.json'}: no scan of {name} (rerun `rvpt stage scan`)")
+    found = scans[name]
+    row.update({"scan_flagged": found["flagged"], "scan_target": found["target"],
+                "scan_anomaly_index": found["anomaly_index"], "scan_held_out_success": found["held_out_success"],
+                "scan_residual_success": found.get("residual_success")})
+
+
 def run(params: Params) -> str:
     artifacts.check_writable(paths.RESULTS)
+    scans = artifacts.read_json(paths.SCANS / "scans.json", "rvpt stage scan").get("models", {})
     scorer = Scorer(params, "test", diagnostics=True)
     clean_model, _ = models.load(artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean"))
     rows = [{"attack": attack, "defense": CLEAN_ROW, "kind": "none", "shots": 0, **metrics,
@@ -61,6 +64,9 @@ def run(params: Params) -> str:
     upstream = {}
     for attack_name in progress(params.run.attacks, "evaluate attacks"):
         rows += defended_rows(params, scorer, attack_name, upstream)
+    for row in rows:
+        row["target"] = params.attacks[row["attack"]].target
+        with_scan(row, scans)
 
     keys = headline(params)
     logged = {"attacks": params.run.attacks, "defenses": params.run.defenses, "evaluate": params.evaluate.model_dump()}

@@ -10,6 +10,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 from pipeline import params_file
 from pipeline.params_data import MAX_TEXT, Data, Strict, check_templates
 from pipeline.params_defenses import MAX_BATCH, MAX_LR, MAX_STEPS, MAX_WEIGHT, Defense
+from pipeline.params_scan import Scan
 from pipeline.paths import check_name
 from rvpt.attacks import REGISTRY as ATTACKS
 from rvpt.attacks import build as build_attack
@@ -174,6 +175,7 @@ class Defend(Strict):
     holdout: float = Field(gt=0, lt=1)
     templates: list[str] = Field(min_length=1, max_length=1000)
     download_timeout_s: float = Field(gt=0, le=86_400)
+    scan: bool  # trigger inversion before and after the defense
 
 
 class Params(Strict):
@@ -189,6 +191,7 @@ class Params(Strict):
     compute: Compute
     sample: Sample
     evaluate: Evaluate
+    scan: Scan
     run: Run
     tracking: Tracking
     defend: Defend

@@ -26,6 +26,7 @@ CLASSES = CLEAN / "classes.json"
 FEWSHOT = Path("data/fewshot")
 CLEAN_MODEL = Path("models/clean")
 RESULTS = Path("results")
+SCANS = Path("scans")
 SUMMARY = RESULTS / "summary.json"
 METRICS = RESULTS / "metrics.json"
 CHECKPOINTS = Path(".rvpt/checkpoints")  # training state for resuming; not an output, so DVC never removes it

@@ -98,6 +98,28 @@ def markdown_to_html(text: str) -> str:
     return "\n".join(out)
 
 
+def scans_section(rows: list[dict], attacks: list[str]) -> str:
+    """Each attack's true trigger beside what the scanner inverted on its backdoored model, with no trigger given."""
+    scanned = paths.SCANS / "scans.json"
+    if not scanned.is_file():
+        return ""
+    models = artifacts.read_json(scanned, "rvpt stage scan")["models"]
+
+    def verdict(name: str) -> str:
+        found = models[name]
+        said = f"flagged {found['target']}" if found["flagged"] else f"not flagged (suspect {found['suspect']})"
+        return f"{said}, {found['suspect_kind']} trigger, anomaly index {found['anomaly_index']:.2f}"
+
+    figures = [inline(paths.SCANS / "clean_model.png", f"clean model: {verdict('clean_model')}")]
+    for attack in attacks:
+        target = next((r.get("target") for r in rows if r["attack"] == attack), None)
+        figures += [inline(paths.poisoned(attack) / "trigger.png", f"{attack}: the true trigger (target {target})"),
+                    inline(paths.SCANS / f"{attack}.png", f"{attack}: inverted, {verdict(attack)}")]
+    return ("<h2>Trigger inversion, without the trigger</h2><p>Per model, the smallest trigger that sends 90% of "
+            "the defender's shots to each class (columns), as a patch (top row) and a blend (bottom row), "
+            "on grey.</p>" + "".join(figures))
+
+
 def run(params: Params) -> str:
     artifacts.check_writable(PLOTS)
     rows = artifacts.read_json(paths.SUMMARY, "rvpt stage evaluate")["rows"]
@@ -116,6 +138,7 @@ def run(params: Params) -> str:
 
     triggers = "".join(inline(paths.poisoned(a) / name, f"{a}: {what}") for a in attacks
                        for name, what in (("trigger.png", "trigger"), ("samples.png", "poisoned samples")))
+    inverted = scans_section(rows, attacks)
     plots = "".join(inline(p, p.stem) for p in sorted(PLOTS.glob("*.png")))
     first = {r["defense"]: r for r in rows if r["attack"] == attacks[0]}
     trainable = "".join(f"<tr><td>{html.escape(d)}</td><td>{first[d]['trainable_params']:,}</td>"
@@ -124,7 +147,7 @@ def run(params: Params) -> str:
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>rvpt report</title>"
             f"<style>{STYLE}</style></head><body><h1>rvpt: attacks x defenses</h1>"
             f"<h2>Results</h2>{markdown_to_html(table)}<h2>Plots</h2>{plots}"
-            f"<h2>Triggers and poisoned samples</h2>{triggers}"
+            f"<h2>Triggers and poisoned samples</h2>{triggers}{inverted}"
             f"<h2>Trainable parameters</h2><table><tr><th>defense</th><th>trainable</th><th>of the model</th></tr>"
             f"{trainable}</table></body></html>")
     artifacts.write_text(REPORT, page)

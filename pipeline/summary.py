@@ -30,6 +30,56 @@ def trainable(row) -> str:
     return f"{row['trainable_params']:,} ({100 * row['trainable_fraction']:.2f}%)"
 
 
+def ranks(values: list[float]) -> list[float]:
+    """1-based ranks; tied values share their mean rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranked = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for i in order[start:end + 1]:
+            ranked[i] = (start + end) / 2 + 1
+        start = end + 1
+    return ranked
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation (Pearson's on the ranks); None for under 3 pairs or a constant side."""
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    rx, ry = ranks(list(x)), ranks(list(y))
+    mean = (len(x) + 1) / 2
+    covariance = sum((a - mean) * (b - mean) for a, b in zip(rx, ry))
+    return covariance / (sum((a - mean) ** 2 for a in rx) * sum((b - mean) ** 2 for b in ry)) ** 0.5
+
+
+def scan_section(rows: list[dict], attacks: list[str], defenses: list[str]) -> list[str]:
+    """The trigger-inversion scanner's verdicts, how often they are right, and whether its residual ASR
+    ranks the defenses as the true ASR does."""
+    if not any("scan_flagged" in r for r in rows):
+        return []
+    out = ["", "## Trigger inversion without the trigger: flagged class (anomaly index); '-': not flagged", ""]
+    out += grid(rows, attacks, defenses, lambda r: f"{r['scan_target'] or '-'} ({r['scan_anomaly_index']:.2f})")
+    cells = [r for r in rows if r["defense"] != "clean_model"]
+    out += ["", "## Residual ASR % of the trigger inverted on the backdoored model, through each defense "
+            "(held-out validation images)", ""]
+    out += grid(cells, attacks, [d for d in defenses if d != "clean_model"],
+                lambda r: percent(r.get("scan_residual_success")))
+    backdoored = [r for r in cells if r["kind"] == "none"]
+    right = sum(r["scan_target"] == r.get("target") for r in backdoored)
+    clean = next((r for r in rows if r["defense"] == "clean_model"), None)
+    pairs = [(r["scan_residual_success"], r["attack_success_rate"]) for r in cells
+             if r.get("scan_residual_success") is not None and r.get("attack_success_rate") is not None]
+    rho = spearman(*zip(*pairs)) if len(pairs) >= 3 else None
+    out += ["", f"Detection: {right} of {len(backdoored)} backdoored models flagged with their target class"
+            + (f"; the clean model {'is' if clean['scan_flagged'] else 'is not'} flagged" if clean else "")
+            + (f". Verification: Spearman's rho between the residual ASR and the true test ASR over "
+               f"{len(pairs)} tune cells: {rho:.2f}." if rho is not None else ".")]
+    return out
+
+
 def markdown(rows: list[dict], attacks: list[str], defenses: list[str], transfer_sets=("transfer",),
              caption_triggered=()) -> str:
     """The tables that apply to these rows, and only the footnotes that explain them.
@@ -54,6 +104,7 @@ def markdown(rows: list[dict], attacks: list[str], defenses: list[str], transfer
         out += ["", "## Nuisance-factor probe accuracy % (mean over factors; lower = less class-irrelevant "
                 "information)", ""]
         out += grid(rows, attacks, defenses, lambda r: percent(r.get("nuisance_probe_accuracy")))
+    out += scan_section(rows, attacks, defenses)
     notes = ["CA: top-1 accuracy on clean test images. ASR: share of triggered test images whose true class "
              "is not the target that are classified as the target."]
     if transfer_sets:

@@ -49,6 +49,7 @@ SMOKE = {
                  "coop": {"epochs": 2}},
     "sample": {"shots": 4},
     "evaluate": {"probe_steps": 20},
+    "scan": {"steps": 30, "check_images": 32, "held_out": 40},
     "run": {"attacks": ["badnet", "badclip"], "defenses": ["rvpt", "cleanclip"]},
     "tracking": {"experiment": "smoke"},
 }

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from rvpt import attacks
 
-STAGES = {"download", "pretrain", "poison", "sample", "tune", "evaluate", "report"}
+STAGES = {"download", "pretrain", "poison", "sample", "tune", "scan", "evaluate", "report"}
 CELLS = [("badnet", "rvpt"), ("badnet", "cleanclip"), ("badclip", "rvpt"), ("badclip", "cleanclip")]
 
 
@@ -23,6 +23,11 @@ def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_pat
                     "transfer_clean_accuracy", "transfer_attack_success_rate"):
             assert -1.0 <= row[key] <= 1.0, (row["attack"], row["defense"], key)
         assert set(row["nuisance_probe"]) == {"colour", "texture", "scale", "tilt", "offset_x", "offset_y"}
+        # The scanner's verdict on the row's model, made without the trigger.
+        assert isinstance(row["scan_flagged"], bool) and row["target"] == "three"
+        assert row["scan_flagged"] == (row["scan_target"] is not None)
+        assert row["scan_target"] in (None, "zero", "one", "two", "three")
+        assert (row["scan_residual_success"] is None) == (row["defense"] == "clean_model")
     by_cell = {(r["attack"], r["defense"]): r for r in rows}
     assert by_cell["badnet", "rvpt"]["trainable_params"] == 2 * 4 * 32 == by_cell["badclip", "rvpt"]["trainable_params"]
     assert by_cell["badnet", "cleanclip"]["trainable_params"] > 100 * by_cell["badnet", "rvpt"]["trainable_params"]
@@ -31,6 +36,11 @@ def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_pat
     assert "| rvpt |" not in report and "<td>rvpt</td>" in report and "data:image/png;base64," in report
     assert "http://" not in report and "https://" not in report and "<script" not in report  # renders offline
     assert {p.name for p in (project / "results" / "plots").iterdir()} >= {"asr.png", "ca.png", "loss_pretrain.png"}
+    assert "Trigger inversion, without the trigger" in report and "the true trigger (target three)" in report
+    scans = json.loads((project / "scans" / "scans.json").read_text())["models"]
+    assert set(scans) == {"clean_model", "badnet", "badclip", *(f"{a}-{d}" for a, d in CELLS)}
+    assert all((project / "scans" / f"{name}.png").exists() for name in scans)
+    assert "## Trigger inversion without the trigger" in (project / "results" / "summary.md").read_text()
     run(["dvc", "plots", "show", "-o", "dvc_plots"], project)
     page = (project / "dvc_plots" / "index.html").read_text()
     assert "asr.png" in page and "<img" in page and "<script" not in page  # nothing to load from a CDN
@@ -65,6 +75,9 @@ def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_pat
     assert tune.data.tags["upstream.pretrain"] in {r.info.run_id for r in by_stage["pretrain"]}
     evaluate = by_stage["evaluate"][0]
     assert evaluate.data.metrics["badclip.rvpt.attack_success_rate"] == by_cell["badclip", "rvpt"]["attack_success_rate"]
+    scan = by_stage["scan"][0]
+    assert scan.data.metrics["badnet-rvpt.scan_residual_success"] == by_cell["badnet", "rvpt"]["scan_residual_success"]
+    assert scan.data.tags["upstream.tune.badnet-rvpt"] == tunes["badnet", "rvpt"].info.run_id
     artifacts = {a.path for a in client.list_artifacts(tune.info.run_id)}
     assert "prompts.safetensors" in artifacts
 

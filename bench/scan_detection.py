@@ -1,0 +1,72 @@
+"""Detection by the trigger-inversion scanner over the clean and backdoored models of finished
+projects (one per data seed): which backdoored models it flags with their true target, whether a
+clean model is flagged, the true/false positive rates, and seconds per model.
+
+    uv run python bench/scan_detection.py PROJECT [PROJECT ...]
+
+Each PROJECT is a repository clone whose `dvc repro` (or `dvc repro pretrain sample`) has run,
+with its own params.yaml (e.g. another `seed`); the scan settings are each project's `scan` block.
+It reads models/, data/fewshot and the validation split, as the `scan` stage does. Run it alone:
+two torch jobs on 2 cores slow each other down 10x.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import params as params_module  # noqa: E402
+from pipeline import paths  # noqa: E402
+from pipeline.evaluation import zero_shot  # noqa: E402
+from pipeline.scan import Scanner  # noqa: E402
+from rvpt import models  # noqa: E402
+
+
+def scan_project(root: Path) -> list[dict]:
+    os.chdir(root)
+    params = params_module.load("params.yaml")
+    torch.set_num_threads(params.threads)
+    scanner = Scanner(params)
+    rows = []
+    for name in ["clean", *params.run.attacks]:
+        folder = paths.CLEAN_MODEL if name == "clean" else paths.backdoored(name)
+        if not folder.is_dir():
+            continue
+        model, _ = models.load(folder)
+        started = time.perf_counter()
+        _, report = scanner(zero_shot(params, model), name)
+        seconds = time.perf_counter() - started
+        target = None if name == "clean" else params.attacks[name].target
+        rows.append({"seed": params.seed, "model": name, "target": target, "seconds": seconds, **report})
+        shown = report["target"] or f"- (suspect {report['suspect']})"
+        print(f"seed {params.seed} {name:>8}: flagged {shown:<18} {report['suspect_kind']:<5} "
+              f"anomaly {report['anomaly_index']:5.2f}  held-out ASR {report['held_out_success']:.2f}  "
+              f"{seconds:5.1f} s", flush=True)
+    return rows
+
+
+def main(projects: list[str]) -> None:
+    rows = [row for project in projects for row in scan_project(Path(project).resolve())]
+    backdoored = [r for r in rows if r["target"] is not None]
+    clean = [r for r in rows if r["target"] is None]
+    right = [r for r in backdoored if r["flagged"] and r["suspect"] == r["target"]]
+    print(f"\ntrue positives (flagged, right target): {len(right)} of {len(backdoored)} backdoored models "
+          f"({len(right) / max(1, len(backdoored)):.0%}); flagged with a wrong target: "
+          f"{sum(r['flagged'] and r['suspect'] != r['target'] for r in backdoored)}")
+    print(f"false positives: {sum(r['flagged'] for r in clean)} of {len(clean)} clean models")
+    for attack in dict.fromkeys(r["model"] for r in backdoored):
+        found = [r for r in backdoored if r["model"] == attack]
+        print(f"  {attack:>8}: {sum(r in right for r in found)} of {len(found)}")
+    seconds = torch.tensor([r["seconds"] for r in rows])
+    print(f"seconds per model: median {seconds.median():.1f}, range {seconds.min():.1f}-{seconds.max():.1f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1:])

@@ -1,0 +1,124 @@
+"""Stage `scan`: trigger inversion (rvpt/scan.py) on every model of the matrix, as a defender who
+never has the trigger would run it: the clean model, each backdoored model and each defended cell.
+
+The triggers are optimised on the defender's shots; the suspect trigger's ASR is measured on
+held-out validation images. The test split and the attacks' triggers are never read. For a
+defended cell, `residual_success` is the ASR that the trigger inverted on its backdoored model
+still reaches through the defense: the scanner's answer to "did the defense work?".
+
+Writes scans/scans.json and, per model, its inverted triggers as one PNG (a row per trigger kind,
+a column per class).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline import artifacts, paths
+from pipeline.cells import load_defended
+from pipeline.evaluation import load_backdoored, open_split, zero_shot
+from pipeline.params import Params
+from pipeline.tracking import stage_run
+from pipeline.tune import load_fewshot
+from rvpt import compute, models, scan
+from rvpt.images import encode_png
+from rvpt.progress import progress
+
+CLEAN_ROW = "clean_model"
+PIXELS = 64  # side of each trigger in the PNG, upscaled without smoothing so pixels stay visible
+
+
+def held_out(params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first scan.held_out validation images (uint8) and their labels."""
+    images, labels, count = [], [], 0
+    for batch in open_split(params, "val").batches(params.evaluate.batch_size, 0, False):
+        images.append(batch.pixels[:params.scan.held_out - count])
+        labels.append(batch.labels[:params.scan.held_out - count])
+        count += len(images[-1])
+        if count >= params.scan.held_out:
+            break
+    return torch.cat(images), torch.cat(labels)
+
+
+def picture(result: scan.Scan) -> bytes:
+    """A row per trigger kind, a column per class, each trigger shown on grey."""
+    rows = [torch.cat([triggers.picture(c) for c in range(len(result.classes))], dim=-1)
+            for triggers in result.triggers.values()]
+    grid = (torch.cat(rows, dim=-2).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    side = grid.shape[0] // len(rows)
+    image = Image.fromarray(np.ascontiguousarray(grid))
+    return encode_png(image.resize((image.width * PIXELS // side, image.height * PIXELS // side), Image.NEAREST))
+
+
+class Scanner:
+    def __init__(self, params: Params):
+        self.params = params
+        self.classes = params.data.class_names
+        self.cfg = params.scan.config(params.seed)
+        self.shots, self.shot_labels = load_fewshot(params)
+        self.images, self.labels = held_out(params)
+        self.device = compute.placement(params.compute.device, params.compute.precision).device
+
+    def __call__(self, defended, name: str) -> tuple[scan.Scan, dict]:
+        defended.to(self.device)
+        result = scan.scan(defended, self.classes, self.shots, self.shot_labels, self.cfg, desc=f"scan {name}")
+        scan.held_out_success(result, defended, self.images, self.labels, self.params.evaluate.batch_size)
+        return result, result.report()
+
+    def residual(self, defended, backdoored: scan.Scan) -> float:
+        """The backdoored model's suspect trigger's held-out ASR on `defended`."""
+        kind, label = backdoored.suspect()
+        return scan.success_rate(defended, self.classes, backdoored.triggers[kind], label, self.images, self.labels,
+                                 self.params.evaluate.batch_size)
+
+
+def needs(params: Params):
+    """Every model the stage reads (with the command that makes it), and its output, for artifacts.preflight."""
+    inputs = [(paths.CLEAN_MODEL / "pretrain.json", "rvpt stage pretrain --clean"),
+              (paths.FEWSHOT / "train.parquet", "rvpt stage sample"),
+              (paths.DOWNSTREAM / "val.parquet", "rvpt stage download")]
+    for attack in params.run.attacks:
+        inputs.append((paths.backdoored(attack) / "pretrain.json", f"rvpt stage pretrain --attack {attack}"))
+        inputs += [(paths.defended(attack, defense) / "tune.json",
+                    f"rvpt stage tune --attack {attack} --defense {defense}") for defense in params.run.defenses]
+    return inputs, paths.SCANS
+
+
+def run(params: Params) -> str:
+    artifacts.check_writable(paths.SCANS)
+    scanner = Scanner(params)
+    tokenize = models.tokenizer(params.model.config)
+    clean_model, _ = models.load(artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean"))
+    result, report = scanner(zero_shot(params, clean_model), CLEAN_ROW)
+    reports, pictures, upstream = {CLEAN_ROW: report}, {CLEAN_ROW: picture(result)}, {}
+    for attack in progress(params.run.attacks, "scan attacks"):
+        model, upstream[f"upstream.pretrain.{attack}"] = load_backdoored(attack)
+        backdoored, reports[attack] = scanner(zero_shot(params, model), attack)
+        pictures[attack] = picture(backdoored)
+        for defense in params.run.defenses:
+            cell = f"{attack}-{defense}"
+            defended, tuned = load_defended(params, attack, defense, model, tokenize)
+            upstream[f"upstream.tune.{cell}"] = tuned["mlflow_run_id"]
+            if tuned["kind"] == "none":  # the backdoored model itself: its scan is the one above
+                reports[cell] = reports[attack]
+            else:
+                result, reports[cell] = scanner(defended, cell)
+                pictures[cell] = picture(result)
+            reports[cell] = {**reports[cell], "residual_success": scanner.residual(defended, backdoored)}
+
+    logged = {"scan": params.scan.model_dump(), "shots": params.sample.shots, "held_out": len(scanner.labels)}
+    with stage_run("scan", params.tracking.experiment, logged, upstream) as log:
+        with artifacts.atomic_dir(paths.SCANS) as out:
+            artifacts.write_json(out / "scans.json", {"classes": scanner.classes, "models": reports})
+            for name, png in pictures.items():
+                (out / f"{name}.png").write_bytes(png)
+        log.artifact(paths.SCANS / "scans.json")
+        for name, report in reports.items():
+            log.metric(f"{name}.scan_anomaly_index", report["anomaly_index"])
+            log.metric(f"{name}.scan_flagged", float(report["flagged"]))
+            if "residual_success" in report:
+                log.metric(f"{name}.scan_residual_success", report["residual_success"])
+    flagged = [f"{name} -> {reports[name]['target']}" for name in [CLEAN_ROW, *params.run.attacks]
+               if reports[name]["flagged"]]
+    return f"wrote {paths.SCANS}: {len(reports)} models; flagged: {', '.join(flagged) or 'none'}"

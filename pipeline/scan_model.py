@@ -1,0 +1,73 @@
+"""`rvpt scan`: is a model you were handed backdoored, and towards which class? Trigger inversion
+(rvpt/scan.py) on its zero-shot classifier over your clean images, with no trigger given.
+
+The inputs are `rvpt defend`'s, read the same way: the model is untrusted and nothing in it is
+unpickled. An `rvpt defend` output folder is scanned with what its defense trained (prompts, a
+linear head, a CoOp context), so the same command tells whether a defense worked.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline import artifacts, sources
+from pipeline.defend import class_names, load_model, read_folder, read_small_text
+from pipeline.params import Params
+from pipeline.scan import picture
+from rvpt import compute, models, scan
+from rvpt.defenses import KINDS, ZeroShot
+from rvpt.errors import BadInput
+
+REPORT = "scan.json"
+
+
+def verdict(report: dict) -> str:
+    if report["flagged"]:
+        return (f"BACKDOOR SUSPECTED towards {report['target']!r}: its {report['suspect_kind']} trigger is "
+                f"{report['anomaly_index']:.1f} MADs smaller than the classes' median (threshold "
+                f"{report['threshold']:g}); held-out ASR {report['held_out_success']:.0%}")
+    return (f"no backdoor found: the most anomalous class, {report['suspect']!r}, is {report['anomaly_index']:.1f} "
+            f"MADs below the median (threshold {report['threshold']:g})")
+
+
+def defended_by(folder: Path, model, model_cfg: dict, templates: list[str]):
+    """The model as `rvpt defend` left it in `folder` (with what its defense trained), or zero-shot."""
+    tokenize = models.tokenizer(model_cfg)
+    note = folder / "defend.json"
+    if not folder.is_dir() or not note.is_file():
+        return ZeroShot(model, tokenize, templates), None
+    try:
+        kind = json.loads(read_small_text(note)).get("kind")
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError, AttributeError) as error:
+        raise BadInput(f"{note}: not an `rvpt defend` report ({error})") from None
+    if kind not in KINDS:
+        raise BadInput(f"{note}: unknown defense kind {kind!r}")
+    try:
+        return KINDS[kind].load(model, folder, tokenize, templates), kind
+    except (ValueError, KeyError, RuntimeError) as error:
+        raise BadInput(f"{folder}: {error}") from None
+
+
+def run(params: Params, model_source: str, data_source: str, out: Path, config: str | None,
+        model_sha256: str | None, data_sha256: str | None, names_file: Path | None, cache: Path) -> str:
+    if out.exists() and not (out / REPORT).is_file():
+        raise BadInput(f"--out {out}: exists and is not an earlier `rvpt scan` output; it would be replaced")
+    artifacts.check_writable(out, "--out")
+    timeout = params.defend.download_timeout_s
+    model, model_cfg, weights = load_model(model_source, config, model_sha256, cache, timeout)
+    size = model.visual.image_size
+    root = sources.materialise(data_source, cache, data_sha256, timeout)
+    classes, (images, labels), (held_images, held_labels), skipped = read_folder(
+        root, params.defend.holdout, params.seed, size if isinstance(size, int) else size[0], params.data)
+    names = class_names(classes, names_file)
+    defended, kind = defended_by(weights.parent, model, model_cfg, params.defend.templates)
+    defended.to(compute.placement(params.compute.device, params.compute.precision).device)
+    result = scan.scan(defended, names, images, labels, params.scan.config(params.seed))
+    scan.held_out_success(result, defended, held_images, held_labels, params.evaluate.batch_size)
+    report = {"model": model_source, "weights_sha256": sources.sha256_of(weights), "defense_kind": kind,
+              "data": data_source, "images": len(labels), "skipped_images": skipped,
+              "settings": params.scan.model_dump(), **result.report()}
+    with artifacts.atomic_dir(out) as folder:
+        artifacts.write_json(folder / REPORT, report)
+        (folder / "triggers.png").write_bytes(picture(result))
+    return verdict(report)
