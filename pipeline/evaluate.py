@@ -54,8 +54,8 @@ def with_scan(row: dict, scans: dict) -> None:
 
 def run(params: Params) -> str:
     artifacts.check_writable(paths.RESULTS)
-    scans = artifacts.read_json(paths.SCANS / "scans.json", "rvpt stage scan").get("models", {})
     scorer = Scorer(params, "test", diagnostics=True)
+    scans = artifacts.read_json(paths.SCANS / "scans.json", "rvpt stage scan").get("models", {})
     clean_model, _ = models.load(artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean"))
     rows = [{"attack": attack, "defense": CLEAN_ROW, "kind": "none", "shots": 0, **metrics,
              "trainable_params": 0, "trainable_fraction": 0.0}

@@ -34,7 +34,7 @@ def test_tune_and_evaluate_refuse_code_running_checkpoints(reproduced, tmp_path)
         malicious_checkpoint(folder / "open_clip_pytorch_model.bin", marker, state)
 
     swap_in_pickle(project / "models" / "badnet")
-    for command in (["tune", "--attack", "badnet", "--defense", "rvpt"], ["evaluate"]):
+    for command in (["tune", "--attack", "badnet", "--defense", "rvpt"], ["scan"], ["evaluate"]):
         result = run(["rvpt", "stage", *command], project, check=False)
         assert result.returncode == 2, result.stderr
         assert "refused, not a weights-only checkpoint" in result.stderr and "models/badnet" in result.stderr
