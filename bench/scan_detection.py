@@ -11,6 +11,7 @@ two torch jobs on 2 cores slow each other down 10x.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -42,9 +43,14 @@ def scan_project(root: Path) -> list[dict]:
         _, report = scanner(zero_shot(params, model), name)
         seconds = time.perf_counter() - started
         target = None if name == "clean" else params.attacks[name].target
-        rows.append({"seed": params.seed, "model": name, "target": target, "seconds": seconds, **report})
+        # The pretrain stage's validation ASR tells whether poisoning implanted a backdoor at all: the
+        # ground truth the scanner is scored against, read after the scan and never by it.
+        implanted = name != "clean" and json.loads((folder / "pretrain.json").read_text())["attack_success_rate"] >= 0.5
+        rows.append({"seed": params.seed, "model": name, "target": target, "implanted": implanted,
+                     "seconds": seconds, **report})
         shown = report["target"] or f"- (suspect {report['suspect']})"
-        print(f"seed {params.seed} {name:>8}: flagged {shown:<18} {report['suspect_kind']:<5} "
+        print(f"seed {params.seed} {name:>8} {'implanted' if implanted else 'no backdoor':>11}: flagged {shown:<18} "
+              f"{report['suspect_kind']:<5} "
               f"anomaly {report['anomaly_index']:5.2f}  held-out ASR {report['held_out_success']:.2f}  "
               f"{seconds:5.1f} s", flush=True)
     return rows
@@ -52,13 +58,15 @@ def scan_project(root: Path) -> list[dict]:
 
 def main(projects: list[str]) -> None:
     rows = [row for project in projects for row in scan_project(Path(project).resolve())]
-    backdoored = [r for r in rows if r["target"] is not None]
+    backdoored = [r for r in rows if r["implanted"]]
+    failed = [r for r in rows if r["target"] is not None and not r["implanted"]]
     clean = [r for r in rows if r["target"] is None]
     right = [r for r in backdoored if r["flagged"] and r["suspect"] == r["target"]]
-    print(f"\ntrue positives (flagged, right target): {len(right)} of {len(backdoored)} backdoored models "
-          f"({len(right) / max(1, len(backdoored)):.0%}); flagged with a wrong target: "
-          f"{sum(r['flagged'] and r['suspect'] != r['target'] for r in backdoored)}")
-    print(f"false positives: {sum(r['flagged'] for r in clean)} of {len(clean)} clean models")
+    print(f"\ntrue positives (flagged, right target): {len(right)} of {len(backdoored)} models with an implanted "
+          f"backdoor (validation ASR >= 50%) ({len(right) / max(1, len(backdoored)):.0%}); flagged with a wrong "
+          f"target: {sum(r['flagged'] and r['suspect'] != r['target'] for r in backdoored)}")
+    print(f"false positives: {sum(r['flagged'] for r in clean)} of {len(clean)} clean models; "
+          f"{sum(r['flagged'] for r in failed)} of {len(failed)} poisoned models whose backdoor did not implant")
     for attack in dict.fromkeys(r["model"] for r in backdoored):
         found = [r for r in backdoored if r["model"] == attack]
         print(f"  {attack:>8}: {sum(r in right for r in found)} of {len(found)}")

@@ -179,23 +179,29 @@ def calibrate(summary: Path = typer.Option(Path("results/summary.json"), help="M
     typer.echo(calibration.markdown(calibration.compare(rows, calibration.paper_cells())))
 
 
+# Options `rvpt defend` and `rvpt scan` share: the model and data a user brings, read the same way.
+CONFIG = typer.Option(None, help="For a weights file: open_clip model name or config JSON.")
+SHA256 = typer.Option(None, help="Expected sha256 of --model (required for a URL).")
+DATA_SHA256 = typer.Option(None, help="Expected sha256 of --data (required for a URL).")
+CLASSNAMES = typer.Option(None, help="Class names, one per line, in sorted folder order (default: folder names, "
+                                     "_ as space).")
+CACHE = typer.Option(Path.home() / ".cache" / "rvpt", help="Where downloads and extracted archives go.")
+
+
 @app.command()
 def defend(model: str = typer.Option(..., help="Untrusted model: an open_clip local-dir folder, a weights file "
                                                "(.safetensors, or weights-only .bin/.pt/.pth), an archive, or a URL."),
            data: str = typer.Option(..., help="Few-shot images: root/<class>/*.jpg (or root/train + root/test), "
                                               "an archive of it, or a URL."),
            out: Path = typer.Option(..., help="Output folder: open_clip local-dir model + what the defense trained."),
-           config: Optional[str] = typer.Option(None, help="For a weights file: open_clip model name or config JSON."),
-           sha256: Optional[str] = typer.Option(None, help="Expected sha256 of --model (required for a URL)."),
-           data_sha256: Optional[str] = typer.Option(None, help="Expected sha256 of --data (required for a URL)."),
-           classnames: Optional[Path] = typer.Option(None, help="Class names, one per line, in sorted folder order "
-                                                                "(default: folder names, _ as space)."),
+           config: Optional[str] = CONFIG, sha256: Optional[str] = SHA256, data_sha256: Optional[str] = DATA_SHA256,
+           classnames: Optional[Path] = CLASSNAMES,
            defense: Optional[str] = typer.Option(None, help="Defense name from params.yaml (default: defend.defense)."),
-           cache: Path = typer.Option(Path.home() / ".cache" / "rvpt", help="Where downloads and extracted archives go."),
-           params: Path = PARAMS):
+           cache: Path = CACHE, params: Path = PARAMS):
     """Defend a model you were handed: tune RVPT on your few-shot images, report CA before and after.
 
-    Runs outside the DVC pipeline and logs nothing to MLflow. Nothing in the model is unpickled.
+    With defend.scan, also scans the model for a backdoor before and after (as `rvpt scan`). Runs outside
+    the DVC pipeline and logs nothing to MLflow. Nothing in the model is unpickled.
     """
     from pipeline import defend as command
 
@@ -211,12 +217,8 @@ def scan(model: str = typer.Option(..., help="Untrusted model, as for `rvpt defe
          data: str = typer.Option(..., help="Clean images: root/<class>/*.jpg (or root/train + root/test), an "
                                             "archive of it, or a URL."),
          out: Path = typer.Option(..., help="Output folder: scan.json and the inverted triggers (triggers.png)."),
-         config: Optional[str] = typer.Option(None, help="For a weights file: open_clip model name or config JSON."),
-         sha256: Optional[str] = typer.Option(None, help="Expected sha256 of --model (required for a URL)."),
-         data_sha256: Optional[str] = typer.Option(None, help="Expected sha256 of --data (required for a URL)."),
-         classnames: Optional[Path] = typer.Option(None, help="Class names, one per line, in sorted folder order."),
-         cache: Path = typer.Option(Path.home() / ".cache" / "rvpt", help="Where downloads and extracted archives go."),
-         params: Path = PARAMS):
+         config: Optional[str] = CONFIG, sha256: Optional[str] = SHA256, data_sha256: Optional[str] = DATA_SHA256,
+         classnames: Optional[Path] = CLASSNAMES, cache: Path = CACHE, params: Path = PARAMS):
     """Is this model backdoored, and towards which class? Trigger inversion with no trigger given.
 
     Prints a one-line verdict; the report is --out/scan.json. Settings: params.yaml's `scan`.

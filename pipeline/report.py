@@ -116,8 +116,8 @@ def scans_section(rows: list[dict], attacks: list[str]) -> str:
         figures += [inline(paths.poisoned(attack) / "trigger.png", f"{attack}: the true trigger (target {target})"),
                     inline(paths.SCANS / f"{attack}.png", f"{attack}: inverted, {verdict(attack)}")]
     return ("<h2>Trigger inversion, without the trigger</h2><p>Per model, the smallest trigger that sends 90% of "
-            "the defender's shots to each class (columns), as a patch (top row) and a blend (bottom row), "
-            "on grey.</p>" + "".join(figures))
+            "the defender's shots to each class (a column per class), one row per trigger kind in the order of "
+            "<code>scan.kinds</code>, shown on grey.</p>" + "".join(figures))
 
 
 def run(params: Params) -> str:

@@ -8,6 +8,7 @@ linear head, a CoOp context), so the same command tells whether a defense worked
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from pipeline import artifacts, sources
@@ -22,12 +23,15 @@ REPORT = "scan.json"
 
 
 def verdict(report: dict) -> str:
+    kind = report["suspect_kind"]
+    size = report["classes"][report["suspect"]][kind]["size"]
+    middle = statistics.median(found[kind]["size"] for found in report["classes"].values())
+    smaller = (f"its {kind} trigger ({size:.1%} of the image) is {middle / size:.1f}x smaller than the classes' "
+               f"median, anomaly index {report['anomaly_index']:.1f}")
     if report["flagged"]:
-        return (f"BACKDOOR SUSPECTED towards {report['target']!r}: its {report['suspect_kind']} trigger is "
-                f"{report['anomaly_index']:.1f} MADs smaller than the classes' median (threshold "
-                f"{report['threshold']:g}); held-out ASR {report['held_out_success']:.0%}")
-    return (f"no backdoor found: the most anomalous class, {report['suspect']!r}, is {report['anomaly_index']:.1f} "
-            f"MADs below the median (threshold {report['threshold']:g})")
+        return (f"BACKDOOR SUSPECTED towards {report['target']!r}: {smaller} > {report['threshold']:g}; held-out "
+                f"ASR {report['held_out_success']:.0%}")
+    return f"no backdoor found: the most anomalous class is {report['suspect']!r}: {smaller} <= {report['threshold']:g}"
 
 
 def defended_by(folder: Path, model, model_cfg: dict, templates: list[str]):

@@ -1,6 +1,7 @@
 """results/summary.md: the matrix laid out like the paper's Table 1, and the diagnostics beside it."""
 from __future__ import annotations
 
+IMPLANTED = 0.5  # undefended ASR from which a poisoned model counts as backdoored when scoring the scanner
 LABELS = {"clean_model": "clean model (never poisoned)"}
 LAYER_KINDS = {"noise": "Gaussian noise", "blur": "Gaussian blur", "jitter": "colour jitter", "flip": "a horizontal flip"}
 
@@ -68,15 +69,25 @@ def scan_section(rows: list[dict], attacks: list[str], defenses: list[str]) -> l
     out += grid(cells, attacks, [d for d in defenses if d != "clean_model"],
                 lambda r: percent(r.get("scan_residual_success")))
     backdoored = [r for r in cells if r["kind"] == "none"]
-    right = sum(r["scan_target"] == r.get("target") for r in backdoored)
+    # Scored against the test ASR, after the fact: a poisoned model whose backdoor did not implant
+    # (undefended ASR under 50%) has nothing to find, and flagging it is a false alarm.
+    implanted = [r for r in backdoored if (r.get("attack_success_rate") or 0) >= IMPLANTED]
+    missing = [r for r in backdoored if r not in implanted]
+    right = sum(r["scan_target"] == r.get("target") for r in implanted)
     clean = next((r for r in rows if r["defense"] == "clean_model"), None)
     pairs = [(r["scan_residual_success"], r["attack_success_rate"]) for r in cells
              if r.get("scan_residual_success") is not None and r.get("attack_success_rate") is not None]
     rho = spearman(*zip(*pairs)) if len(pairs) >= 3 else None
-    out += ["", f"Detection: {right} of {len(backdoored)} backdoored models flagged with their target class"
-            + (f"; the clean model {'is' if clean['scan_flagged'] else 'is not'} flagged" if clean else "")
-            + (f". Verification: Spearman's rho between the residual ASR and the true test ASR over "
-               f"{len(pairs)} tune cells: {rho:.2f}." if rho is not None else ".")]
+    said = [f"Detection: {right} of {len(implanted)} implanted backdoors (undefended test ASR >= 50%) flagged "
+            f"with their target class"]
+    if missing:
+        said.append(f"{sum(r['scan_flagged'] for r in missing)} of {len(missing)} poisoned models whose backdoor did "
+                    f"not implant flagged")
+    if clean:
+        said.append(f"the clean model {'is' if clean['scan_flagged'] else 'is not'} flagged")
+    verified = (f" Verification: Spearman's rho between the residual ASR and the true test ASR over {len(pairs)} "
+                f"tune cells: {rho:.2f}." if rho is not None else "")
+    out += ["", "; ".join(said) + "." + verified]
     return out
 
 

@@ -43,6 +43,12 @@ def test_defend_writes_an_open_clip_model_with_prompts_and_reports_ca(brought):
     assert 0 <= report["clean_accuracy_before"] <= 1 and 0 <= report["clean_accuracy_after"] <= 1
     assert report["weights_sha256"] == hashlib.sha256(
         (brought / "model" / models.WEIGHTS_NAME).read_bytes()).hexdigest()
+    # The scan before and after the defense, and the residual ASR of the trigger inverted before it.
+    for when in ("before", "after"):
+        scanned = report[f"scan_{when}"]
+        assert scanned["flagged"] == (scanned["target"] is not None) and scanned["suspect"] in report["classes"]
+        assert (brought / "out" / f"scan_{when}.png").read_bytes()[:4] == b"\x89PNG"
+    assert 0 <= report["residual_success"] <= 1 and "residual ASR of the inverted trigger" in result.stdout
 
     # Plain open_clip loads the output; with the prompts attached it encodes like rvpt's defended model.
     loaded = open_clip.create_model(f"local-dir:{brought / 'out'}").eval()

@@ -159,3 +159,16 @@ def test_scan_settings_are_validated():
     params = smoke_params(scan={"kinds": ["patch", "trojan"]})
     with pytest.raises(ValueError, match="scan.kinds"):
         validate(params)
+
+
+def test_rvpt_scan_reads_an_rvpt_defend_output_with_its_prompts(brought):
+    defended = run(["rvpt", "defend", "--model", "model", "--data", "images", "--out", "defended",
+                    "--cache", str(brought / "cache")], brought, check=False)
+    assert defended.returncode == 0, defended.stderr
+    result = scan_command(brought, model="defended")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((brought / "out" / "scan.json").read_text())
+    assert report["defense_kind"] == "prompt"
+    # The same verdict rvpt defend recorded for its own output, from the same images and settings.
+    after = json.loads((brought / "defended" / "defend.json").read_text())["scan_after"]
+    assert report["anomaly_index"] == pytest.approx(after["anomaly_index"])
