@@ -46,8 +46,8 @@ def scan_project(root: Path) -> list[dict]:
         # The pretrain stage's validation ASR tells whether poisoning implanted a backdoor at all: the
         # ground truth the scanner is scored against, read after the scan and never by it.
         implanted = name != "clean" and json.loads((folder / "pretrain.json").read_text())["attack_success_rate"] >= 0.5
-        rows.append({"seed": params.seed, "model": name, "target": target, "implanted": implanted,
-                     "seconds": seconds, **report})
+        rows.append({**report, "seed": params.seed, "model": name, "true_target": target, "implanted": implanted,
+                     "seconds": seconds})
         shown = report["target"] or f"- (suspect {report['suspect']})"
         print(f"seed {params.seed} {name:>8} {'implanted' if implanted else 'no backdoor':>11}: flagged {shown:<18} "
               f"{report['suspect_kind']:<5} "
@@ -59,12 +59,12 @@ def scan_project(root: Path) -> list[dict]:
 def main(projects: list[str]) -> None:
     rows = [row for project in projects for row in scan_project(Path(project).resolve())]
     backdoored = [r for r in rows if r["implanted"]]
-    failed = [r for r in rows if r["target"] is not None and not r["implanted"]]
-    clean = [r for r in rows if r["target"] is None]
-    right = [r for r in backdoored if r["flagged"] and r["suspect"] == r["target"]]
+    failed = [r for r in rows if r["true_target"] is not None and not r["implanted"]]
+    clean = [r for r in rows if r["true_target"] is None]
+    right = [r for r in backdoored if r["flagged"] and r["suspect"] == r["true_target"]]
     print(f"\ntrue positives (flagged, right target): {len(right)} of {len(backdoored)} models with an implanted "
           f"backdoor (validation ASR >= 50%) ({len(right) / max(1, len(backdoored)):.0%}); flagged with a wrong "
-          f"target: {sum(r['flagged'] and r['suspect'] != r['target'] for r in backdoored)}")
+          f"target: {sum(r['flagged'] and r['suspect'] != r['true_target'] for r in backdoored)}")
     print(f"false positives: {sum(r['flagged'] for r in clean)} of {len(clean)} clean models; "
           f"{sum(r['flagged'] for r in failed)} of {len(failed)} poisoned models whose backdoor did not implant")
     for attack in dict.fromkeys(r["model"] for r in backdoored):
