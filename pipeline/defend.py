@@ -147,12 +147,13 @@ def run(params: Params, model_source: str, data_source: str, out: Path, config: 
 
     original = ZeroShot(model, tokenize, templates)
     before = accuracy(original)
-    scanned = {"before": scanning(params, original, names, (train_images, train_labels), (test_images, test_labels))}
+    shots, held = (train_images, train_labels), (test_images, test_labels)
+    scanned = {"before": scanning(params, original, names, shots, held) if params.defend.scan else None}
     defended, history = defending.fit(params, params.defend.defense, model,
                                       DefenderData(train_images, train_labels, names), tokenize, templates,
                                       f"defend {params.defend.defense}")
     after = accuracy(defended)
-    scanned["after"] = scanning(params, defended, names, (train_images, train_labels), (test_images, test_labels))
+    scanned["after"] = scanning(params, defended, names, shots, held) if params.defend.scan else None
     report = {"defense": params.defend.defense, "kind": spec.kind, "model": model_source,
               "weights_sha256": sources.sha256_of(weights), "data": data_source, "classes": names,
               "train_images": len(train_labels), "heldout_images": len(test_labels),
@@ -178,10 +179,8 @@ def run(params: Params, model_source: str, data_source: str, out: Path, config: 
             f"{len(names)} classes ({report['skipped_images']} unreadable skipped){scan_line(report)}")
 
 
-def scanning(params: Params, defended, names: list[str], shots, held) -> tuple | None:
-    """(scan, its triggers as PNG) of the model on the tuning images, with held-out ASR; None when scanning is off."""
-    if not params.defend.scan:
-        return None
+def scanning(params: Params, defended, names: list[str], shots, held) -> tuple:
+    """(scan, its triggers as PNG) of the model on the `shots` (images, labels), with the held-out ASR on `held`."""
     result = scan.scan(defended, names, *shots, params.scan.config(params.seed))
     scan.held_out_success(result, defended, *held, params.evaluate.batch_size)
     return result, picture(result)

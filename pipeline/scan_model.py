@@ -12,10 +12,9 @@ import statistics
 from pathlib import Path
 
 from pipeline import artifacts, sources
-from pipeline.defend import class_names, load_model, read_folder, read_small_text
+from pipeline.defend import class_names, load_model, read_folder, read_small_text, scanning
 from pipeline.params import Params
-from pipeline.scan import picture
-from rvpt import compute, models, scan
+from rvpt import compute, models
 from rvpt.defenses import KINDS, ZeroShot
 from rvpt.errors import BadInput
 
@@ -66,12 +65,11 @@ def run(params: Params, model_source: str, data_source: str, out: Path, config: 
     names = class_names(classes, names_file)
     defended, kind = defended_by(weights.parent, model, model_cfg, params.defend.templates)
     defended.to(compute.placement(params.compute.device, params.compute.precision).device)
-    result = scan.scan(defended, names, images, labels, params.scan.config(params.seed))
-    scan.held_out_success(result, defended, held_images, held_labels, params.evaluate.batch_size)
+    result, png = scanning(params, defended, names, (images, labels), (held_images, held_labels))
     report = {"model": model_source, "weights_sha256": sources.sha256_of(weights), "defense_kind": kind,
               "data": data_source, "images": len(labels), "skipped_images": skipped,
               "settings": params.scan.model_dump(), **result.report()}
     with artifacts.atomic_dir(out) as folder:
         artifacts.write_json(folder / REPORT, report)
-        (folder / "triggers.png").write_bytes(picture(result))
+        (folder / "triggers.png").write_bytes(png)
     return verdict(report)
