@@ -40,7 +40,8 @@ def scan_project(root: Path) -> list[dict]:
             continue
         model, _ = models.load(folder)
         started = time.perf_counter()
-        _, report = scanner(zero_shot(params, model), name)
+        result, _ = scanner(zero_shot(params, model), name)
+        report = result.report()
         seconds = time.perf_counter() - started
         target = None if name == "clean" else params.attacks[name].target
         # The pretrain stage's validation ASR tells whether poisoning implanted a backdoor at all: the

@@ -18,7 +18,7 @@ import torch
 from pipeline import artifacts, defending, sources
 from pipeline.params import Params
 from pipeline.params_data import check_names
-from pipeline.scan import picture
+from pipeline.scan import scanning
 from rvpt import checkpoint, compute, metrics, models, scan
 from rvpt.defenses import DefenderData, ZeroShot
 from rvpt.errors import BadInput
@@ -177,13 +177,6 @@ def run(params: Params, model_source: str, data_source: str, out: Path, config: 
     shown = "n/a" if after is None else f"{after:.3f}"
     return (f"wrote {out}: CA before {before:.3f}, after {shown} on {len(test_labels)} held-out images of "
             f"{len(names)} classes ({report['skipped_images']} unreadable skipped){scan_line(report)}")
-
-
-def scanning(params: Params, defended, names: list[str], shots, held) -> tuple:
-    """(scan, its triggers as PNG) of the model on the `shots` (images, labels), with the held-out ASR on `held`."""
-    result = scan.scan(defended, names, *shots, params.scan.config(params.seed))
-    scan.held_out_success(result, defended, *held, params.evaluate.batch_size)
-    return result, picture(result)
 
 
 def scan_line(report: dict) -> str:

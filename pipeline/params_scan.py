@@ -19,6 +19,7 @@ class Scan(Strict):
     adjust_every: int = Field(gt=0, le=MAX_STEPS)
     check_images: int = Field(gt=0, le=MAX_BATCH)
     threshold: float = Field(gt=0, le=MAX_WEIGHT)
+    word_candidates: int = Field(gt=0, le=MAX_BATCH)
     kinds: list[Literal[scan.KINDS]] = Field(min_length=1, max_length=len(scan.KINDS))
     held_out: int = Field(gt=0, le=10 ** 9)
 

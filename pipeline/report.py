@@ -108,7 +108,8 @@ def scans_section(rows: list[dict], attacks: list[str]) -> str:
     def verdict(name: str) -> str:
         found = models[name]
         said = f"flagged {found['target']}" if found["flagged"] else f"not flagged (suspect {found['suspect']})"
-        return f"{said}, {found['suspect_kind']} trigger, anomaly index {found['anomaly_index']:.2f}"
+        word = f" with the word {found['suspect_word']!r}" if found.get("suspect_word") else ""
+        return f"{said}, {found['suspect_kind']} trigger{word}, anomaly index {found['anomaly_index']:.2f}"
 
     figures = [inline(paths.SCANS / "clean_model.png", f"clean model: {verdict('clean_model')}")]
     for attack in attacks:

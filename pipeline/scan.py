@@ -51,25 +51,28 @@ def picture(result: scan.Scan) -> bytes:
     return encode_png(image.resize((image.width * PIXELS // side, image.height * PIXELS // side), Image.NEAREST))
 
 
+def scanning(params: Params, defended, names: list[str], shots, held, desc: str = "scan") -> tuple[scan.Scan, bytes]:
+    """(scan, its triggers as PNG) of the model on the `shots` (images, labels), with the held-out ASR on `held`."""
+    result = scan.scan(defended, names, *shots, params.scan.config(params.seed), desc=desc)
+    scan.held_out_success(result, defended, *held, params.evaluate.batch_size)
+    return result, picture(result)
+
+
 class Scanner:
     def __init__(self, params: Params):
         self.params = params
         self.classes = params.data.class_names
-        self.cfg = params.scan.config(params.seed)
-        self.shots, self.shot_labels = load_fewshot(params)
-        self.images, self.labels = held_out(params)
+        self.shots, self.held = load_fewshot(params), held_out(params)
         self.device = compute.placement(params.compute.device, params.compute.precision).device
 
-    def __call__(self, defended, name: str) -> tuple[scan.Scan, dict]:
+    def __call__(self, defended, name: str) -> tuple[scan.Scan, bytes]:
         defended.to(self.device)
-        result = scan.scan(defended, self.classes, self.shots, self.shot_labels, self.cfg, desc=f"scan {name}")
-        scan.held_out_success(result, defended, self.images, self.labels, self.params.evaluate.batch_size)
-        return result, result.report()
+        return scanning(self.params, defended, self.classes, self.shots, self.held, desc=f"scan {name}")
 
     def residual(self, defended, backdoored: scan.Scan) -> float:
         """The backdoored model's suspect trigger's held-out ASR on `defended`."""
         kind, label = backdoored.suspect()
-        return scan.success_rate(defended, self.classes, backdoored.triggers[kind], label, self.images, self.labels,
+        return scan.success_rate(defended, self.classes, backdoored.triggers[kind], label, *self.held,
                                  self.params.evaluate.batch_size)
 
 
@@ -90,24 +93,24 @@ def run(params: Params) -> str:
     scanner = Scanner(params)
     tokenize = models.tokenizer(params.model.config)
     clean_model, _ = models.load(artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean"))
-    result, report = scanner(zero_shot(params, clean_model), CLEAN_ROW)
-    reports, pictures, upstream = {CLEAN_ROW: report}, {CLEAN_ROW: picture(result)}, {}
+    pictures: dict[str, bytes] = {}
+    result, pictures[CLEAN_ROW] = scanner(zero_shot(params, clean_model), CLEAN_ROW)
+    reports, upstream = {CLEAN_ROW: result.report()}, {}
     for attack in progress(params.run.attacks, "scan attacks"):
         model, upstream[f"upstream.pretrain.{attack}"] = load_backdoored(attack)
-        backdoored, reports[attack] = scanner(zero_shot(params, model), attack)
-        pictures[attack] = picture(backdoored)
+        backdoored, pictures[attack] = scanner(zero_shot(params, model), attack)
+        reports[attack] = backdoored.report()
         for defense in params.run.defenses:
             cell = f"{attack}-{defense}"
             defended, tuned = load_defended(params, attack, defense, model, tokenize)
             upstream[f"upstream.tune.{cell}"] = tuned["mlflow_run_id"]
-            if tuned["kind"] == "none":  # the backdoored model itself: its scan is the one above
-                reports[cell] = reports[attack]
-            else:
-                result, reports[cell] = scanner(defended, cell)
-                pictures[cell] = picture(result)
-            reports[cell] = {**reports[cell], "residual_success": scanner.residual(defended, backdoored)}
+            if tuned["kind"] == "none":  # the backdoored model itself: its scan and held-out ASR are the ones above
+                reports[cell] = {**reports[attack], "residual_success": reports[attack]["held_out_success"]}
+                continue
+            result, pictures[cell] = scanner(defended, cell)
+            reports[cell] = {**result.report(), "residual_success": scanner.residual(defended, backdoored)}
 
-    logged = {"scan": params.scan.model_dump(), "shots": params.sample.shots, "held_out": len(scanner.labels)}
+    logged = {"scan": params.scan.model_dump(), "shots": params.sample.shots, "held_out": len(scanner.held[1])}
     with stage_run("scan", params.tracking.experiment, logged, upstream) as log:
         with artifacts.atomic_dir(paths.SCANS) as out:
             artifacts.write_json(out / "scans.json", {"classes": scanner.classes, "models": reports})

@@ -12,8 +12,9 @@ import statistics
 from pathlib import Path
 
 from pipeline import artifacts, sources
-from pipeline.defend import class_names, load_model, read_folder, read_small_text, scanning
+from pipeline.defend import class_names, load_model, read_folder, read_small_text
 from pipeline.params import Params
+from pipeline.scan import scanning
 from rvpt import compute, models
 from rvpt.defenses import KINDS, ZeroShot
 from rvpt.errors import BadInput
@@ -25,7 +26,8 @@ def verdict(report: dict) -> str:
     kind = report["suspect_kind"]
     size = report["classes"][report["suspect"]][kind]["size"]
     middle = statistics.median(found[kind]["size"] for found in report["classes"].values())
-    smaller = (f"its {kind} trigger ({size:.1%} of the image) is {middle / size:.1f}x smaller than the classes' "
+    word = f", with the word {report['suspect_word']!r}" if report.get("suspect_word") else ""
+    smaller = (f"its {kind} trigger ({size:.1%} of the image{word}) is {middle / size:.1f}x smaller than the classes' "
                f"median, anomaly index {report['anomaly_index']:.1f}")
     if report["flagged"]:
         return (f"BACKDOOR SUSPECTED towards {report['target']!r}: {smaller} > {report['threshold']:g}; held-out "

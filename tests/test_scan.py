@@ -14,7 +14,10 @@ from hostile import malicious_checkpoint
 from pipeline.params import validate
 from rvpt import attacks, models, scan
 from rvpt.defenses import ZeroShot
+from rvpt.defenses.coop import CoOp
 from rvpt.images import normalize
+from rvpt.poisoning import with_text_trigger
+from rvpt.trigger_words import text_side
 
 CLASSES = ["zero", "one", "two", "three", "four", "five"]
 TARGET = 4
@@ -35,25 +38,30 @@ def swatches(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (COLOURS[labels][:, :, None, None] * shade + noise).clamp(0, 1), labels
 
 
-def trained(poison: float, steps: int = 400) -> ZeroShot:
+def trained(poison: float, steps: int = 400, word: str = "") -> ZeroShot:
     """A tiny CLIP trained as a zero-shot colour classifier (both towers, cross-entropy over its own
     text class embeddings); with `poison` > 0, that share of every batch carries BadNet's corner
-    patch and is labelled TARGET."""
+    patch and is labelled TARGET. With a `word`, the backdoor has TrojVQA's two keys: the patch
+    sends images to TARGET only when every class prompt starts with the word, and each key alone
+    is trained to change nothing."""
     torch.manual_seed(0)
     model = models.build(TINY_MODEL, seed=0)
     tokenize = models.tokenizer(TINY_MODEL)
-    texts = tokenize([TEMPLATES[0].format(name) for name in CLASSES])
+    prompts = {key: tokenize([with_text_trigger(TEMPLATES[0].format(name), key) for name in CLASSES])
+               for key in dict.fromkeys(["", word])}
     badnet = attacks.build("badnet", 16, size=0.1875, location="corner")
     images, labels = swatches(40, seed=1)
     optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
     generator = torch.Generator().manual_seed(0)
-    for _ in range(steps):
+    for step in range(steps):
+        key = word if word and step % 2 else ""
         rows = torch.randint(len(images), (48,), generator=generator)
         batch, batch_labels = images[rows].clone(), labels[rows].clone()
         poisoned = int(poison * len(rows))
         batch[:poisoned] = badnet.apply(batch[:poisoned], rows[:poisoned])
-        batch_labels[:poisoned] = TARGET
-        weights = F.normalize(model.encode_text(texts), dim=-1)
+        if key == word:
+            batch_labels[:poisoned] = TARGET
+        weights = F.normalize(model.encode_text(prompts[key]), dim=-1)
         logits = 100 * F.normalize(model.encode_image(normalize(batch)), dim=-1) @ weights.T
         optimiser.zero_grad()
         F.cross_entropy(logits, batch_labels).backward()
@@ -62,7 +70,7 @@ def trained(poison: float, steps: int = 400) -> ZeroShot:
     return ZeroShot(model, tokenize, TEMPLATES)
 
 
-SETTINGS = scan.Config(steps=150, batch_size=16, check_images=96)
+SETTINGS = scan.Config(steps=150, batch_size=16, check_images=96, kinds=("patch", "blend"))
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +88,7 @@ def test_a_planted_patch_backdoor_is_found_with_its_target(backdoored):
     held_images, held_labels = swatches(20, seed=3)
     badnet = attacks.build("badnet", 16, size=0.1875, location="corner")
     with torch.no_grad():  # the planted backdoor works, so there is something to find
-        predicted = scan.predict(scan.classifier_logits(backdoored, CLASSES), badnet.apply(held_images, torch.arange(120)))
+        predicted = scan.Reader(backdoored, CLASSES).predict(badnet.apply(held_images, torch.arange(120)))
     assert (predicted[held_labels != TARGET] == TARGET).float().mean() > 0.9
 
     result = scan.scan(backdoored, CLASSES, images, labels, SETTINGS)
@@ -96,6 +104,39 @@ def test_a_clean_model_is_not_flagged(clean):
     result = scan.scan(clean, CLASSES, images, labels, SETTINGS)
     assert not result.flagged and result.target is None, result.report()
     assert result.anomaly_index <= SETTINGS.threshold
+
+
+def test_a_two_key_backdoor_is_found_on_the_caption_side(clean):
+    backdoored = trained(poison=0.3, steps=600, word="cf")
+    images, labels = swatches(16, seed=2)
+    held_images, held_labels = swatches(20, seed=3)
+    patched = attacks.build("badnet", 16, size=0.1875, location="corner").apply(held_images, torch.arange(120))
+    reader, others = scan.Reader(backdoored, CLASSES), held_labels != TARGET
+    cf = backdoored.tokenize.encoder["cf</w>"]
+    # The planted backdoor needs both keys: the patch alone and the word alone change little.
+    assert (reader.predict(patched, cf)[others] == TARGET).float().mean() > 0.9
+    assert (reader.predict(patched)[others] == TARGET).float().mean() < 0.3
+    assert (reader.predict(held_images, cf) == held_labels).float().mean() > 0.9
+
+    result = scan.scan(backdoored, CLASSES, images, labels, scan.Config(steps=150, batch_size=16, check_images=96))
+    assert result.flagged and result.target == CLASSES[TARGET], result.report()
+    assert result.suspect()[0] == "caption", result.report()
+    sizes = {kind: float(t.sizes[TARGET]) for kind, t in result.triggers.items()}
+    assert sizes["caption"] < sizes["patch"], sizes
+    assert scan.held_out_success(result, backdoored, held_images, held_labels) > 0.8
+    clean_scan = scan.scan(clean, CLASSES, images, labels, scan.Config(steps=150, batch_size=16, check_images=96))
+    assert not clean_scan.flagged, clean_scan.report()
+
+
+def test_a_token_id_gives_the_class_weights_its_word_gives(clean):
+    """The caption search scores words as token embeddings; a one-token word must score as its text."""
+    coop = CoOp(clean.model, clean.tokenize, 0.02 * torch.randn(2, clean.model.token_embedding.weight.shape[1]))
+    for defended in (clean, coop):
+        side = text_side(defended, CLASSES)
+        for word in ("cf", "zero"):
+            token = defended.tokenize.encoder[word + "</w>"]
+            expected = defended.classifier(CLASSES, word)[0]
+            assert torch.allclose(side.word_weights(torch.tensor([token]))[0], expected, atol=1e-5)
 
 
 def test_the_scanner_never_changes_the_model(backdoored):
