@@ -17,10 +17,29 @@ from rvpt.errors import BadInput
 app = typer.Typer(help="Backdoor CLIP on purpose, defend it with RVPT, and measure both.\n\n"
                        "`dvc repro` runs the whole pipeline; `rvpt stage NAME` runs one stage of it; "
                        "`rvpt defend` defends a model you were handed; `rvpt report` writes the report.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  rich_markup_mode="markdown")  # markdown joins a docstring's wrapped lines into one paragraph
 stage_app = typer.Typer(help="Run one pipeline stage (what `dvc repro` runs), with optional overrides.",
-                        no_args_is_help=True)
+                        no_args_is_help=True, rich_markup_mode="markdown")
 app.add_typer(stage_app, name="stage")
+
+# typer prints a flag's type as "<bool>", as if it took a value; a flag shows none.
+_display_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _display_type(self, ctx)
+
+
+def show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"rvpt {version('rvpt')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                         help="Print rvpt's version and exit.")):
+    pass
 
 
 @stage_app.command()
@@ -247,7 +266,9 @@ def invoke(argv: list[str] | None = None) -> int:
         typer.echo(error.format_message())
         code = 0
     except ClickException as error:
-        where = f"{error.ctx.command_path}: " if getattr(error, "ctx", None) else ""
+        # "rvpt: error: stage tune: No such option: --bogus": the program is named once.
+        path = error.ctx.command_path.split()[1:] if getattr(error, "ctx", None) else []
+        where = f"{' '.join(path)}: " if path else ""
         typer.echo(f"rvpt: error: {bounded(where + ' '.join(error.format_message().split()))}", err=True)
         code = error.exit_code
     except typer.Exit as exit_:

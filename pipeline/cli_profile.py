@@ -9,6 +9,7 @@ import typer
 from pipeline.command import PARAMS, execute
 
 profile_app = typer.Typer(help="Write params.yaml for a setting and your data; then `dvc repro` runs it.",
+                          rich_markup_mode="markdown",
                           no_args_is_help=True)
 @profile_app.command()
 def paper(imagenet: Path = typer.Option(..., help="ImageNet as ImageFolder: train/<wnid>/*, val/<wnid>/*."),

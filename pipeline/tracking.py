@@ -147,6 +147,17 @@ class StageRun:
             mlflow.log_artifact(str(path), folder)
 
 
+# MLflow 3 opens an experiment without a kind in its GenAI layout; this one compares trained
+# models. mlflow.note.content is the description the experiment page shows.
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    "mlflow.note.content": "rvpt: CLIP models backdoored on purpose and the defenses that try to remove the "
+                           "backdoor. One run per pipeline stage: a tune run is one (attack, defense) cell; "
+                           "the evaluate run holds every cell's test CA and ASR; the scan run, the trigger "
+                           "inversion's verdicts.",
+}
+
+
 def ensure_experiment(name: str, local_store: bool) -> None:
     """Selects the experiment, creating it with artifacts under <repo>/mlruns for the local store.
 
@@ -158,7 +169,10 @@ def ensure_experiment(name: str, local_store: bool) -> None:
             mlflow.create_experiment(name, artifact_location=(repo_root() / "mlruns").as_uri())
         except mlflow.exceptions.MlflowException:
             pass  # created meanwhile by a parallel stage
-    mlflow.set_experiment(name)
+    experiment = mlflow.set_experiment(name)
+    for key, value in EXPERIMENT_TAGS.items():
+        if key not in experiment.tags:
+            mlflow.set_experiment_tag(key, value)
 
 
 class Unlogged(StageRun):
@@ -210,6 +224,7 @@ def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = Non
         **{f"rvpt.owner.{key}": value for key, value in owner.me().items()},
         **{k: str(v) for k, v in (tags or {}).items()},
     }
+    all_tags = {key: value for key, value in all_tags.items() if value != ""}  # e.g. dvc.exp outside an experiment
     name = all_tags["dvc.stage"] if all_tags["dvc.stage"] != "manual" else stage
     with mlflow.start_run(run_name=name, tags=all_tags) as run:
         handle = StageRun(run)

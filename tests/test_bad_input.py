@@ -1,4 +1,6 @@
 """Bad params, options and missing inputs: exit code 2, one line naming the culprit, nothing written."""
+import sys
+
 import pytest
 import yaml
 from conftest import run, smoke_params
@@ -73,7 +75,18 @@ def test_malformed_command_lines_get_one_line_and_exit_2(tmp_path, args, culprit
     result = run(["rvpt", "stage", *args], tmp_path, check=False)
     assert result.returncode == 2
     assert culprit in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("rvpt: error: stage") and result.stderr.count("rvpt") == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_the_command_names_its_version_and_runs_as_python_m_rvpt(tmp_path):
+    from importlib.metadata import version
+
+    for command in (["rvpt"], [sys.executable, "-m", "rvpt"]):
+        assert run([*command, "--version"], tmp_path).stdout == f"rvpt {version('rvpt')}\n"
+    assert "rvpt: error: No such option: --bogus" == run(["rvpt", "--bogus"], tmp_path, check=False).stderr.strip()
+    shown = run([sys.executable, "-m", "rvpt", "stage", "pretrain", "--help"], tmp_path).stdout
+    assert "--clean" in shown and "<bool>" not in shown  # a flag takes no value, so it shows no type
 
 
 def test_the_target_class_is_one_edit_and_blocks_that_do_not_run_never_block_a_run(tmp_path):

@@ -60,6 +60,10 @@ def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_pat
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("smoke")
     runs = client.search_runs([experiment.experiment_id])
+    # A classic (not GenAI) experiment with a description; no run carries an empty tag.
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.tags["mlflow.note.content"].startswith("rvpt: ")
+    assert all(value != "" for r in runs for value in r.data.tags.values())
     by_stage = {}
     for r in runs:
         by_stage.setdefault(r.data.tags["rvpt.stage"], []).append(r)
