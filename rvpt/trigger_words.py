@@ -71,7 +71,7 @@ def encode_embedded(model, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tenso
     x = x + model.positional_embedding[:length].to(x.dtype)
     mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
     x = model.ln_final(model.transformer(x, attn_mask=mask))
-    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    x = text_global_pool(x, tokens, "argmax")
     return model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
 
 
@@ -89,7 +89,10 @@ def text_of(tokenize, token: int) -> str:
 
 
 def text_side(defended: Defended, classnames: list[str]) -> TextSide | None:
-    """The model's text side, or None when its classifier does not read text."""
+    """The model's text side, or None when its classifier does not read text or its text tower is not
+    open_clip's CLIP one (token embeddings, pooled at the end-of-text token, padded with 0)."""
     if not defended.reads_text or not (hasattr(defended, "context") or hasattr(defended, "templates")):
+        return None
+    if not hasattr(defended.model, "token_embedding") or getattr(defended.model, "text_pool_type", "") != "argmax":
         return None
     return TextSide(defended, classnames)
