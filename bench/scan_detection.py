@@ -2,15 +2,17 @@
 projects (one per data seed): which backdoored models it flags with their true target, whether a
 clean model is flagged, the true/false positive rates, and seconds per model.
 
-    uv run python bench/scan_detection.py PROJECT [PROJECT ...]
+    uv run python bench/scan_detection.py PROJECT [PROJECT ...] [--kinds caption] [--models clean,trojvqa]
 
-Each PROJECT is a repository clone whose `dvc repro` (or `dvc repro pretrain sample`) has run,
+--kinds replaces every project's scan.kinds (e.g. to measure the caption kind alone); --models
+scans only those models (`clean` or attack names). Each PROJECT is a repository clone whose `dvc repro` (or `dvc repro pretrain sample`) has run,
 with its own params.yaml (e.g. another `seed`); the scan settings are each project's `scan` block.
 It reads models/, data/fewshot and the validation split, as the `scan` stage does. Run it alone:
 two torch jobs on 2 cores slow each other down 10x.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -28,13 +30,15 @@ from pipeline.scan import Scanner  # noqa: E402
 from rvpt import models  # noqa: E402
 
 
-def scan_project(root: Path) -> list[dict]:
+def scan_project(root: Path, kinds: list[str] | None, only: list[str] | None) -> list[dict]:
     os.chdir(root)
     params = params_module.load("params.yaml")
+    if kinds:
+        params = params.model_copy(update={"scan": params.scan.model_copy(update={"kinds": kinds})})
     torch.set_num_threads(params.threads)
     scanner = Scanner(params)
     rows = []
-    for name in ["clean", *params.run.attacks]:
+    for name in [m for m in ["clean", *params.run.attacks] if not only or m in only]:
         folder = paths.CLEAN_MODEL if name == "clean" else paths.backdoored(name)
         if not folder.is_dir():
             continue
@@ -51,14 +55,14 @@ def scan_project(root: Path) -> list[dict]:
                      "seconds": seconds})
         shown = report["target"] or f"- (suspect {report['suspect']})"
         print(f"seed {params.seed} {name:>8} {'implanted' if implanted else 'no backdoor':>11}: flagged {shown:<18} "
-              f"{report['suspect_kind']:<5} "
+              f"{report['suspect_kind']:<7} {repr(report['suspect_word']) if report['suspect_word'] else '':<12} "
               f"anomaly {report['anomaly_index']:5.2f}  held-out ASR {report['held_out_success']:.2f}  "
               f"{seconds:5.1f} s", flush=True)
     return rows
 
 
-def main(projects: list[str]) -> None:
-    rows = [row for project in projects for row in scan_project(Path(project).resolve())]
+def main(projects: list[str], kinds: list[str] | None = None, only: list[str] | None = None) -> None:
+    rows = [row for project in projects for row in scan_project(Path(project).resolve(), kinds, only)]
     backdoored = [r for r in rows if r["implanted"]]
     failed = [r for r in rows if r["true_target"] is not None and not r["implanted"]]
     clean = [r for r in rows if r["true_target"] is None]
@@ -76,6 +80,9 @@ def main(projects: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("projects", nargs="+")
+    parser.add_argument("--kinds", type=lambda text: text.split(","))
+    parser.add_argument("--models", type=lambda text: text.split(","))
+    arguments = parser.parse_args()
+    main(arguments.projects, arguments.kinds, arguments.models)
