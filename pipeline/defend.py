@@ -161,11 +161,9 @@ def run(params: Params, model_source: str, data_source: str, out: Path, config: 
               "clean_accuracy_after": after, "settings": spec.model_dump()}
     if params.defend.scan:
         first, _ = scanned["before"]
-        kind, label = first.suspect()
         report["scan_before"], report["scan_after"] = (result.report() for result, _ in scanned.values())
         # Did the defense work? The trigger inverted before it, tried on the defended model.
-        report["residual_success"] = scan.success_rate(defended, names, first.triggers[kind], label, test_images,
-                                                       test_labels, params.evaluate.batch_size)
+        report["residual_success"] = scan.suspect_success(first, defended, *held, params.evaluate.batch_size)
     with artifacts.atomic_dir(out) as folder:
         # The input model, as safetensors; a whole-model defense overwrites it with its own.
         models.save(model, model_cfg, folder)

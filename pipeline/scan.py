@@ -71,9 +71,7 @@ class Scanner:
 
     def residual(self, defended, backdoored: scan.Scan) -> float:
         """The backdoored model's suspect trigger's held-out ASR on `defended`."""
-        kind, label = backdoored.suspect()
-        return scan.success_rate(defended, self.classes, backdoored.triggers[kind], label, *self.held,
-                                 self.params.evaluate.batch_size)
+        return scan.suspect_success(backdoored, defended, *self.held, self.params.evaluate.batch_size)
 
 
 def needs(params: Params):

@@ -23,6 +23,7 @@ The classifier is read, never changed: only the triggers have gradients.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -142,7 +143,11 @@ class Reader:
             raise ValueError("this model cannot name the classes it is scanned on")
         self.defended, self.classnames, self.device = defended, classnames, device_of(defended.model)
         self.weights, self.bias = (t.detach().to(self.device, torch.float32) for t in classifier)
-        self.text = text_side(defended, classnames)
+
+    @cached_property
+    def text(self):
+        """The classifier's text side (rvpt.trigger_words), built only for a caption trigger: most scans never need it."""
+        return text_side(self.defended, self.classnames)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.defended.encode_image(normalize(images)).float(), dim=-1)
@@ -263,10 +268,16 @@ def success_rate(defended: Defended, classnames: list[str], triggers: Triggers, 
     return (predicted == label).float().mean().item()
 
 
+def suspect_success(result: Scan, defended: Defended, images: torch.Tensor, labels: torch.Tensor,
+                    batch_size: int = 512) -> float:
+    """The ASR of `result`'s suspect trigger on `defended` (the scanned model, or what a defense made of it)."""
+    kind, c = result.suspect()
+    return success_rate(defended, result.classes, result.triggers[kind], c, images, labels, batch_size)
+
+
 def held_out_success(result: Scan, defended: Defended, images: torch.Tensor, labels: torch.Tensor,
                      batch_size: int = 512) -> float:
     """The suspect trigger's ASR on held-out images; kept in the scan's report."""
-    kind, c = result.suspect()
-    rate = success_rate(defended, result.classes, result.triggers[kind], c, images, labels, batch_size)
-    result.held_out = {"held_out_success": rate, "held_out_images": int((labels != c).sum())}
+    rate = suspect_success(result, defended, images, labels, batch_size)
+    result.held_out = {"held_out_success": rate, "held_out_images": int((labels != result.suspect()[1]).sum())}
     return rate
