@@ -2,10 +2,12 @@
 ViT-B-32 (random init) at 224 px, b = 50 prompt tokens from block D = 3, batch 32, with
 random-resized-crop + flip augmentation, as the paper profile trains.
 
-    uv run python bench/step_cost.py [--threads 2] [--mfu 0.35]
+    uv run python bench/step_cost.py [--threads 2] [--mfu 0.35] [--device cuda --steps 20]
 
-Seconds per step are the difference between runs of 3 and 1 steps (so set-up is not counted),
-the median of `--repeats`. The frozen-pass rows compare RVPT's shared prefix (blocks before D run
+Seconds per step are the difference between runs of 1 + `--steps` and 1 steps, divided by
+`--steps` (so set-up is not counted), the median of `--repeats`. On CUDA the forward passes run
+under bf16 autocast (`--precision auto`, as the pipeline does) and the encoder's inference
+throughput at the evaluate batch size is measured too. The frozen-pass rows compare RVPT's shared prefix (blocks before D run
 once for both passes) with a frozen pass of its own. FLOPs per step come from torch's
 FlopCounterMode; the projection divides them by an assumed share (`--mfu`) of an H100's dense
 bf16 peak, for the paper profile's 16 shots x 1,000 classes x 50 epochs.
@@ -19,7 +21,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from rvpt import models
+from rvpt import compute, models
 from rvpt.defenses import KINDS, DefenderData
 from rvpt.defenses.finetune import Config as FinetuneConfig
 from rvpt.defenses.prompt_tuning import Config as PromptConfig
@@ -31,42 +33,66 @@ H100_BF16_DENSE = 989e12            # FLOP/s, NVIDIA's H100 SXM datasheet (witho
 PAPER_STEPS = 16 * 1000 * 50 // BATCH  # 16-shot ImageNet, 50 epochs
 
 
-def settings(kind: str, steps: int):
-    common = {"epochs": 1, "batch_size": BATCH, "augment": SCALE}
+def settings(kind: str, placement: compute.Placement):
+    common = {"epochs": 1, "batch_size": BATCH, "augment": SCALE, "placement": placement}
     if kind == "finetune":
-        return FinetuneConfig(lr=1e-5, weight_decay=0.1, **common)
+        return FinetuneConfig(lr=1e-5, weight_decay=0.1, alpha=0.0, first_block=0, **common)
     return PromptConfig(tokens=TOKENS, first_block=FIRST_BLOCK, alpha=2.0 if kind == "rvpt" else 0.0, margin=-1.0,
                         init_std=0.02, lr=0.002, momentum=0.9, weight_decay=5e-4, **common)
 
 
-def run(model, kind: str, steps: int) -> float:
+def run(model, kind: str, steps: int, placement: compute.Placement) -> float:
     images = torch.randint(0, 256, (steps * BATCH, 3, 224, 224), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
     data = DefenderData(images, torch.arange(steps * BATCH) % 2, ["banana", "apple"])
     module = KINDS["finetune" if kind == "finetune" else "prompt"]
     started = time.perf_counter()
     module.fit(model, data, models.tokenizer(models.named_config("ViT-B-32")), ["a photo of a {}."],
-               settings(kind, steps), desc=None)
+               settings(kind, placement), desc=None)
+    synchronize(placement)
     return time.perf_counter() - started
 
 
-def step_flops(model, kind: str) -> int:
+def synchronize(placement: compute.Placement) -> None:
+    if placement.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_flops(model, kind: str, placement: compute.Placement) -> int:
     with FlopCounterMode(display=False) as counter:
-        run(model, kind, 1)
+        run(model, kind, 1, placement)
     return counter.get_total_flops()
 
 
-def frozen_passes(visual, repeats: int) -> dict[str, float]:
+def inference_throughput(visual, placement: compute.Placement, batch: int = 512, repeats: int = 10) -> float:
+    """Images/s of the frozen image encoder at evaluate's batch size, after two warm-up passes."""
+    images = normalize(torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(2))).to(placement.device)
+    with torch.no_grad(), placement.autocast():
+        for _ in range(2):
+            visual(images)
+        synchronize(placement)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            visual(images)
+        synchronize(placement)
+    return batch * repeats / (time.perf_counter() - started)
+
+
+def frozen_passes(visual, repeats: int, placement: compute.Placement) -> dict[str, float]:
     images = normalize(torch.rand(BATCH, 3, 224, 224, generator=torch.Generator().manual_seed(1)))
+    images = images.to(placement.device)
     times = {"unshared frozen pass (all 12 blocks)": [], "shared: frozen blocks D..11 only": []}
-    with torch.no_grad():
+    with torch.no_grad(), placement.autocast():
         prefix = shared_prefix(visual, images, FIRST_BLOCK)
         for _ in range(repeats):
+            synchronize(placement)
             started = time.perf_counter()
             frozen_block_cls(visual, images, FIRST_BLOCK)
+            synchronize(placement)
             times["unshared frozen pass (all 12 blocks)"].append(time.perf_counter() - started)
             started = time.perf_counter()
             frozen_from_prefix(visual, prefix, FIRST_BLOCK)
+            synchronize(placement)
             times["shared: frozen blocks D..11 only"].append(time.perf_counter() - started)
     return {name: statistics.median(values) for name, values in times.items()}
 
@@ -77,31 +103,45 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--mfu", type=float, default=0.35, help="assumed share of the H100's bf16 peak")
     parser.add_argument("--kinds", nargs="+", default=["rvpt", "vpt", "finetune"], choices=["rvpt", "vpt", "finetune"])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="auto: bf16 autocast on CUDA, fp32 on the CPU")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps beyond the first")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    placement = compute.placement(args.device, args.precision)
     model = models.build(models.named_config("ViT-B-32"), seed=0)
+    on = torch.cuda.get_device_name(placement.device) if placement.device.type == "cuda" else f"{args.threads} threads"
+    bf16 = isinstance(placement.autocast(), torch.autocast)
     print(f"ViT-B-32 at 224 px, batch {BATCH}, b = {TOKENS}, D = {FIRST_BLOCK}, augmentation on, "
-          f"fp32, {args.threads} threads")
-    print("| defense | s/step (median) | GFLOP/step | projected H100 s/step | projected paper cell (min) |")
-    print("|---|---:|---:|---:|---:|")
+          f"{'bf16 autocast' if bf16 else 'fp32'}, {on}")
+    print("| defense | s/step (median) | GFLOP/step | achieved TFLOP/s | paper cell at this pace (min) "
+          "| projected H100 s/step | projected paper cell (min) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     seconds = {}
     for kind in args.kinds:
-        samples = [run(model, kind, 3) - run(model, kind, 1) for _ in range(args.repeats)]
-        seconds[kind] = statistics.median(samples) / 2
-        flops = step_flops(model, kind)
+        run(model, kind, 1, placement)          # warm-up: CUDA context, kernels, allocator
+        samples = [run(model, kind, 1 + args.steps, placement) - run(model, kind, 1, placement)
+                   for _ in range(args.repeats)]
+        seconds[kind] = statistics.median(samples) / args.steps
+        flops = step_flops(model, kind, placement)
         on_h100 = flops / (H100_BF16_DENSE * args.mfu)
-        print(f"| {kind} | {seconds[kind]:.2f} | {flops / 1e9:.0f} | {on_h100 * 1000:.1f} ms | "
-              f"{on_h100 * PAPER_STEPS / 60:.1f} |")
+        print(f"| {kind} | {seconds[kind]:.4f} | {flops / 1e9:.0f} | {flops / seconds[kind] / 1e12:.1f} | "
+              f"{seconds[kind] * PAPER_STEPS / 60:.1f} | {on_h100 * 1000:.1f} ms | {on_h100 * PAPER_STEPS / 60:.1f} |")
     if {"rvpt", "finetune"} <= set(seconds):
         print(f"rvpt / finetune step time: {seconds['rvpt'] / seconds['finetune']:.2f}")
-    passes = frozen_passes(model.visual, 3)
+    model.to(placement.device)
+    passes = frozen_passes(model.visual, 3, placement)
     for name, value in passes.items():
-        print(f"{name}: {value:.2f} s per batch")
+        print(f"{name}: {value * 1000:.1f} ms per batch")
     unshared, shared = passes.values()
-    print(f"shared prefix saves {unshared - shared:.2f} s per step ({100 * (unshared - shared) / unshared:.0f}% "
+    print(f"shared prefix saves {(unshared - shared) * 1000:.1f} ms per step ({100 * (unshared - shared) / unshared:.0f}% "
           f"of the frozen pass)")
     print(f"projection: {PAPER_STEPS:,} steps per cell; H100 dense bf16 peak {H100_BF16_DENSE / 1e12:.0f} TFLOP/s "
           f"at an assumed MFU of {args.mfu:.2f}; data loading assumed hidden behind compute")
+    if placement.device.type == "cuda":
+        print(f"inference: {inference_throughput(model.visual, placement):,.0f} images/s at batch 512 (measured)")
+    model.to("cpu")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.encode_image(torch.zeros(1, 3, 224, 224))
     forward = counter.get_total_flops()

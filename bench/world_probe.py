@@ -5,7 +5,8 @@ each poisoning setting the undefended and linear-probe validation ASR.
     PROBE_DEFENSES=none,linear_probe,cleanclip uv run python bench/world_probe.py SCRATCH_DIR '' wanet:0.1:0.0005
 
 The first argument is a scratch folder (reused: its clean model is trained once); the second, YAML
-merged into params.yaml; each further one is attack:rate:lr for the poisoning fine-tune.
+merged into params.yaml; each further one is attack:rate:lr[:steps] for the poisoning fine-tune
+(steps: pretrain.poisoned.steps, the params' own when left out).
 PROBE_DEFENSES names the defenses scored (default: none and the linear probe). The stages are the
 pipeline's own (`rvpt stage ...`), logging to the scratch folder's MLflow store.
 ASR is read here to calibrate the attacker's world, never to choose a defense's settings.
@@ -36,7 +37,8 @@ def merge(base: dict, update: dict) -> dict:
 def stage(root: Path, params: dict, *argv: str) -> tuple[str, float]:
     """Runs one stage in `root` with `params`; returns its summary line and wall seconds."""
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "stage", *argv], cwd=root, env=env,
                           capture_output=True, text=True)
@@ -59,21 +61,23 @@ def main(scratch: str, world: str, *poisonings: str) -> None:
     if not (root / "models" / "clean" / "pretrain.json").exists():
         stage(root, base, "download")
         line, seconds = stage(root, base, "pretrain", "--clean")
-        print(f"clean model: val CA {figures(line)[0]:.3f} ({seconds:.0f} s)")
+        print(f"clean model: val CA {figures(line)[0]:.3f} ({seconds:.0f} s)", flush=True)
         stage(root, base, "sample")
     defenses = os.environ.get("PROBE_DEFENSES", "none,linear_probe").split(",")
-    print("| attack | rate | lr | " + " | ".join(f"{d} val CA / ASR" for d in defenses) + " |")
-    print("|---|---|---|" + "---|" * len(defenses))
+    print("| attack | rate | lr | steps | " + " | ".join(f"{d} val CA / ASR" for d in defenses) + " |")
+    print("|---|---|---|---|" + "---|" * len(defenses), flush=True)
     for spec in poisonings:
-        attack, rate, lr = spec.split(":")
+        attack, rate, lr, *steps = spec.split(":")
+        poisoned = {"lr": float(lr), **({"steps": int(steps[0])} if steps else {})}
         params = merge(yaml.safe_load(yaml.safe_dump(base)),
-                       {"attacks": {attack: {"rate": float(rate)}}, "pretrain": {"poisoned": {"lr": float(lr)}}})
+                       {"attacks": {attack: {"rate": float(rate)}}, "pretrain": {"poisoned": poisoned}})
         stage(root, params, "poison", "--attack", attack)
         stage(root, params, "pretrain", "--attack", attack)
         cells = [figures(stage(root, params, "tune", "--attack", attack, "--defense", d)[0])
                  for d in defenses]
-        print(f"| {attack} | {rate} | {lr} | " + " | ".join(f"{ca:.3f} / {asr:.3f}" for ca, asr in cells) + " |",
-              flush=True)
+        steps = params["pretrain"]["poisoned"]["steps"]
+        print(f"| {attack} | {rate} | {lr} | {steps} | " + " | ".join(f"{ca:.3f} / {asr:.3f}" for ca, asr in cells)
+              + " |", flush=True)
 
 
 if __name__ == "__main__":

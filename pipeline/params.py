@@ -9,12 +9,12 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 
 from pipeline import params_file
 from pipeline.params_data import MAX_TEXT, Data, Strict, check_templates
+from pipeline.params_defenses import KINDS as DEFENSE_KINDS
 from pipeline.params_defenses import MAX_BATCH, MAX_LR, MAX_STEPS, MAX_WEIGHT, Defense
 from pipeline.params_scan import Scan
 from pipeline.paths import check_name
 from rvpt.attacks import REGISTRY as ATTACKS
 from rvpt.attacks import build as build_attack
-from rvpt.defenses import KINDS as DEFENSE_KINDS
 from rvpt import models
 from rvpt.errors import BadInput, shown
 

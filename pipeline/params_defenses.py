@@ -5,7 +5,7 @@ in pipeline.params, where the model is known.
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
 from pydantic import Field, model_validator
 
@@ -85,3 +85,5 @@ class CoOpDefense(SGDTraining):
 
 Defense = Annotated[Union[NoDefense, PromptDefense, LinearProbeDefense, FinetuneDefense, CleanCLIPDefense,
                           CoOpDefense], Field(discriminator="kind")]
+# The kinds the union admits; rvpt.defenses.KINDS holds their implementations (a test keeps them equal).
+KINDS = tuple(get_args(member.model_fields["kind"].annotation)[0] for member in get_args(get_args(Defense)[0]))

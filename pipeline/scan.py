@@ -51,9 +51,14 @@ def picture(result: scan.Scan) -> bytes:
     return encode_png(image.resize((image.width * PIXELS // side, image.height * PIXELS // side), Image.NEAREST))
 
 
+def settings(params: Params) -> scan.Config:
+    chosen = params.scan.model_dump(exclude={"kinds", "held_out"})
+    return scan.Config(**chosen, kinds=tuple(dict.fromkeys(params.scan.kinds)), seed=params.seed)
+
+
 def scanning(params: Params, defended, names: list[str], shots, held, desc: str = "scan") -> tuple[scan.Scan, bytes]:
     """(scan, its triggers as PNG) of the model on the `shots` (images, labels), with the held-out ASR on `held`."""
-    result = scan.scan(defended, names, *shots, params.scan.config(params.seed), desc=desc)
+    result = scan.scan(defended, names, *shots, settings(params), desc=desc)
     scan.held_out_success(result, defended, *held, params.evaluate.batch_size)
     return result, picture(result)
 
