@@ -12,9 +12,6 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import mlflow
-from mlflow.entities import Metric
-
 from pipeline import owner, stores
 from pipeline.params import PARAMS_FILE
 from rvpt import compute
@@ -123,9 +120,11 @@ class StageRun:
     def __init__(self, run):
         self.run = run
         self.id = run.info.run_id
-        self._metrics: list[Metric] = []
+        self._metrics: list = []
 
     def metric(self, key: str, value: float, step: int = 0) -> None:
+        from mlflow.entities import Metric
+
         self._metrics.append(Metric(key, float(value), int(time.time() * 1000), step))
 
     def series(self, key: str, values, every: int = 1) -> None:
@@ -134,12 +133,16 @@ class StageRun:
             self.metric(key, values[step], step)
 
     def flush(self) -> None:
+        import mlflow
+
         client = mlflow.MlflowClient()
         for start in range(0, len(self._metrics), 1000):
             client.log_batch(self.id, metrics=self._metrics[start:start + 1000])
         self._metrics.clear()
 
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
+        import mlflow
+
         path = Path(path)
         if path.is_dir():
             mlflow.log_artifacts(str(path), folder)
@@ -164,6 +167,8 @@ def ensure_experiment(name: str, local_store: bool) -> None:
     MLflow would otherwise put them under the cwd at creation time, which for a first stage run
     by `dvc exp run --queue` is a temporary copy that DVC deletes.
     """
+    import mlflow
+
     if local_store and mlflow.get_experiment_by_name(name) is None:
         try:
             mlflow.create_experiment(name, artifact_location=(repo_root() / "mlruns").as_uri())
@@ -191,6 +196,8 @@ class Unlogged(StageRun):
 def close_orphans(stage: str, experiment: str) -> None:
     """Marks KILLED the runs of this stage left RUNNING by a process that is gone (killed with -9,
     say), so that `mlflow ui` shows no run as live forever. A live process's run is left alone."""
+    import mlflow
+
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -210,6 +217,8 @@ def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = Non
     if not compute.is_main():
         yield Unlogged()
         return
+    import mlflow  # here, not at the top: a command that fails validation never pays its 2 s import
+
     local_store = ENV_URI not in os.environ  # read first: set_tracking_uri writes that variable
     mlflow.set_tracking_uri(tracking_uri())
     ensure_experiment(experiment, local_store)
