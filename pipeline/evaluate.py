@@ -10,6 +10,7 @@ from __future__ import annotations
 from pipeline import artifacts, calibration, paths
 from pipeline.cells import load_defended
 from pipeline.evaluation import Scorer, load_backdoored, zero_shot
+from pipeline.memo import Memo
 from pipeline.params import Params
 from pipeline.summary import markdown
 from pipeline.tracking import stage_run
@@ -26,15 +27,30 @@ def headline(params: Params) -> tuple[str, ...]:
                             for key in ("clean_accuracy", "attack_success_rate"))
 
 
-def defended_rows(params: Params, scorer: Scorer, attack_name: str, upstream: dict) -> list[dict]:
-    model, upstream[f"upstream.pretrain.{attack_name}"] = load_backdoored(attack_name)
+def defended_rows(params: Params, scorer: Scorer, memo: Memo, attack_name: str, upstream: dict) -> list[dict]:
+    """The attack's cells, each scored unless the memo holds its scores for the same inputs."""
+    backdoored = paths.backdoored(attack_name)
+    upstream[f"upstream.pretrain.{attack_name}"] = artifacts.read_json(
+        backdoored / "pretrain.json", f"rvpt stage pretrain --attack {attack_name}")["mlflow_run_id"]
+    model = None
     tokenize = models.tokenizer(params.model.config)
     rows = []
     for defense_name in params.run.defenses:
-        defended, tuned = load_defended(params, attack_name, defense_name, model, tokenize)
-        upstream[f"upstream.tune.{attack_name}-{defense_name}"] = tuned["mlflow_run_id"]
+        cell = f"{attack_name}-{defense_name}"
+        key = memo.key(attack_name, defense_name, [backdoored, paths.defended(attack_name, defense_name),
+                                                   paths.poisoned(attack_name) / "trigger.safetensors"])
+        remembered = memo.get(cell, key)
+        if remembered is None:
+            model = model if model is not None else load_backdoored(attack_name)[0]
+            defended, tuned = load_defended(params, attack_name, defense_name, model, tokenize)
+            [metrics] = scorer.rows(defended, [attack_name])
+            memo.put(cell, key, metrics)
+        else:
+            metrics = remembered[0]
+            tuned = artifacts.read_json(paths.defended(attack_name, defense_name) / "tune.json",
+                                        f"rvpt stage tune --attack {attack_name} --defense {defense_name}")
+        upstream[f"upstream.tune.{cell}"] = tuned["mlflow_run_id"]
         kind = tuned["kind"]
-        [metrics] = scorer.rows(defended, [attack_name])
         rows.append({"attack": attack_name, "defense": defense_name, "kind": kind, "shots": tuned["shots"],
                      **metrics, "trainable_params": tuned["trainable_params"],
                      "trainable_fraction": tuned["trainable_fraction"]})
@@ -61,9 +77,9 @@ def run(params: Params) -> str:
              "trainable_params": 0, "trainable_fraction": 0.0}
             for attack, metrics in zip(params.run.attacks, scorer.rows(zero_shot(params, clean_model),
                                                                        params.run.attacks))]
-    upstream = {}
+    upstream, memo = {}, Memo("evaluate", params, [paths.DOWNSTREAM], unused=("scan",))
     for attack_name in progress(params.run.attacks, "evaluate attacks"):
-        rows += defended_rows(params, scorer, attack_name, upstream)
+        rows += defended_rows(params, scorer, memo, attack_name, upstream)
     for row in rows:
         row["target"] = params.attacks[row["attack"]].target
         with_scan(row, scans)
@@ -92,4 +108,4 @@ def run(params: Params) -> str:
     cells = len(rows) - len(params.run.attacks)
     worst = max((r for r in rows if r["defense"] == "rvpt"), key=lambda r: r["attack_success_rate"], default=None)
     note = f"; worst RVPT ASR {worst['attack_success_rate']:.3f} ({worst['attack']})" if worst else ""
-    return f"wrote {paths.SUMMARY}: {cells} cells x {len(keys)} headline metrics{note}"
+    return f"wrote {paths.SUMMARY}: {cells} cells x {len(keys)} headline metrics ({memo.hits} read back){note}"

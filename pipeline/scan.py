@@ -18,6 +18,7 @@ from PIL import Image
 from pipeline import artifacts, paths
 from pipeline.cells import load_defended
 from pipeline.evaluation import load_backdoored, open_split, zero_shot
+from pipeline.memo import Memo
 from pipeline.params import Params
 from pipeline.tracking import stage_run
 from pipeline.tune import load_fewshot
@@ -79,6 +80,35 @@ class Scanner:
         return scan.suspect_success(backdoored, defended, *self.held, self.params.evaluate.batch_size)
 
 
+class Backdoored:
+    """An attack's backdoored model, loaded and scanned only when a result the memo lacks needs it:
+    a defended cell's residual ASR is measured with the trigger inverted on this model."""
+
+    def __init__(self, params: Params, scanner: Scanner, attack: str):
+        self.params, self.scanner, self.attack = params, scanner, attack
+        self.folder = paths.backdoored(attack)
+        self.run_id = artifacts.read_json(self.folder / "pretrain.json",
+                                          f"rvpt stage pretrain --attack {attack}")["mlflow_run_id"]
+        self._model, self._scan = None, None
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = load_backdoored(self.attack)[0]
+        return self._model
+
+    def scanned(self) -> tuple[dict, bytes]:
+        self._scan, self._picture = self.scanner(zero_shot(self.params, self.model), self.attack)
+        return self._scan.report(), self._picture
+
+    def cell(self, defense: str, tokenize) -> tuple[dict, bytes]:
+        if self._scan is None:
+            self.scanned()
+        defended, _ = load_defended(self.params, self.attack, defense, self.model, tokenize)
+        result, picture = self.scanner(defended, f"{self.attack}-{defense}")
+        return {**result.report(), "residual_success": self.scanner.residual(defended, self._scan)}, picture
+
+
 def needs(params: Params):
     """Every model the stage reads (with the command that makes it), and its output, for artifacts.preflight."""
     inputs = [(paths.CLEAN_MODEL / "pretrain.json", "rvpt stage pretrain --clean"),
@@ -95,23 +125,39 @@ def run(params: Params) -> str:
     artifacts.check_writable(paths.SCANS)
     scanner = Scanner(params)
     tokenize = models.tokenizer(params.model.config)
-    clean_model, _ = models.load(artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean"))
+    memo = Memo("scan", params, [paths.FEWSHOT, paths.DOWNSTREAM / "val.parquet"])
     pictures: dict[str, bytes] = {}
-    result, pictures[CLEAN_ROW] = scanner(zero_shot(params, clean_model), CLEAN_ROW)
-    reports, upstream = {CLEAN_ROW: result.report()}, {}
+    reports, upstream = {}, {}
+
+    def remembered(name: str, key: str, scanned) -> None:
+        """The model's report and picture, from the memo or from `scanned()` (which returns both)."""
+        found = memo.get(name, key)
+        if found is None:
+            found = scanned()
+            memo.put(name, key, *found)
+        reports[name], pictures[name] = found
+
+    def scan_clean():
+        result, picture = scanner(zero_shot(params, models.load(paths.CLEAN_MODEL)[0]), CLEAN_ROW)
+        return result.report(), picture
+
+    artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean")
+    remembered(CLEAN_ROW, memo.key(None, None, [paths.CLEAN_MODEL]), scan_clean)
     for attack in progress(params.run.attacks, "scan attacks"):
-        model, upstream[f"upstream.pretrain.{attack}"] = load_backdoored(attack)
-        backdoored, pictures[attack] = scanner(zero_shot(params, model), attack)
-        reports[attack] = backdoored.report()
+        backdoored = Backdoored(params, scanner, attack)
+        upstream[f"upstream.pretrain.{attack}"] = backdoored.run_id
+        remembered(attack, memo.key(attack, None, [backdoored.folder]), backdoored.scanned)
         for defense in params.run.defenses:
             cell = f"{attack}-{defense}"
-            defended, tuned = load_defended(params, attack, defense, model, tokenize)
+            folder = paths.defended(attack, defense)
+            tuned = artifacts.read_json(folder / "tune.json",
+                                        f"rvpt stage tune --attack {attack} --defense {defense}")
             upstream[f"upstream.tune.{cell}"] = tuned["mlflow_run_id"]
             if tuned["kind"] == "none":  # the backdoored model itself: its scan and held-out ASR are the ones above
                 reports[cell] = {**reports[attack], "residual_success": reports[attack]["held_out_success"]}
                 continue
-            result, pictures[cell] = scanner(defended, cell)
-            reports[cell] = {**result.report(), "residual_success": scanner.residual(defended, backdoored)}
+            remembered(cell, memo.key(attack, defense, [backdoored.folder, folder]),
+                       lambda: backdoored.cell(defense, tokenize))
 
     logged = {"scan": params.scan.model_dump(), "shots": params.sample.shots, "held_out": len(scanner.held[1])}
     with stage_run("scan", params.tracking.experiment, logged, upstream) as log:
@@ -127,4 +173,5 @@ def run(params: Params) -> str:
                 log.metric(f"{name}.scan_residual_success", report["residual_success"])
     flagged = [f"{name} -> {reports[name]['target']}" for name in [CLEAN_ROW, *params.run.attacks]
                if reports[name]["flagged"]]
-    return f"wrote {paths.SCANS}: {len(reports)} models; flagged: {', '.join(flagged) or 'none'}"
+    return (f"wrote {paths.SCANS}: {len(reports)} models ({memo.hits} read back); "
+            f"flagged: {', '.join(flagged) or 'none'}")

@@ -1,0 +1,88 @@
+"""What `evaluate` and `scan` computed for each model, remembered between runs and keyed by
+everything the result is computed from: the model's files, the data files read, the params
+that reach it, and the project's source. After an edit to one defense only its cells miss, so
+only they are scored and scanned again; every other result is read back, and the stage's
+outputs are byte for byte what a full run writes.
+
+The memo lives at the repository root (`.rvpt/memo/`, ignored by git), where the runs of
+`dvc exp run --queue`, which work in temporary copies, find it too. It is a cache, not an
+output: deleting it costs time only. A memo entry that cannot be read is a miss.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from pipeline.tracking import repo_root
+
+FOLDER = Path(".rvpt/memo")                     # beside the training checkpoints, under the repository root
+SOURCE = Path(__file__).resolve().parents[1]   # holds pipeline/ and rvpt/
+UNUSED = ("run", "tracking", "defend")          # which cells run, where runs are logged, `rvpt defend`
+
+
+def digest_files(paths: list[Path]) -> str:
+    """One sha256 over the names and bytes of `paths` (folders: every file under them)."""
+    total = hashlib.sha256()
+    for path in paths:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            total.update(str(file).encode() + b"\0")
+            with open(file, "rb") as handle:
+                total.update(hashlib.file_digest(handle, "sha256").digest())
+    return total.hexdigest()
+
+
+def source_digest() -> str:
+    return digest_files(sorted((SOURCE / "pipeline").rglob("*.py")) + sorted((SOURCE / "rvpt").rglob("*.py")))
+
+
+class Memo:
+    """Results of one stage, one JSON entry (and optional PNG) per model."""
+
+    def __init__(self, stage: str, params, data: list[Path], unused: tuple[str, ...] = ()):
+        self.folder = repo_root() / FOLDER / stage
+        self.params = params.model_dump(mode="json", exclude=set(UNUSED + unused))
+        self.base = hashlib.sha256(f"{source_digest()}{digest_files(data)}".encode()).hexdigest()
+        self.hits = 0
+
+    def key(self, attack: str | None, defense: str | None, files: list[Path]) -> str:
+        """The key of a result computed from `files`, under the given attack's and defense's blocks
+        only, so that editing another cell's block leaves this key as it is."""
+        chosen = {**self.params, "attacks": self.params["attacks"].get(attack),
+                  "defenses": self.params["defenses"].get(defense)}
+        text = json.dumps(chosen, sort_keys=True) + self.base + digest_files(files)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def get(self, name: str, key: str) -> tuple[dict, bytes | None] | None:
+        try:
+            entry = json.loads((self.folder / f"{name}.json").read_text())
+            if entry.get("key") != key:
+                return None
+            picture = self.folder / f"{name}.png"
+            found = entry["value"], (picture.read_bytes() if entry.get("picture") else None)
+        except (OSError, ValueError, KeyError, AttributeError):
+            return None
+        self.hits += 1
+        return found
+
+    def put(self, name: str, key: str, value: dict, picture: bytes | None = None) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if picture is not None:
+            self._write(self.folder / f"{name}.png", picture)
+        self._write(self.folder / f"{name}.json",
+                    json.dumps({"key": key, "value": value, "picture": picture is not None}).encode())
+
+    @staticmethod
+    def _write(path: Path, payload: bytes) -> None:
+        """Whole or not at all: a parallel run or a kill never leaves half an entry."""
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(payload)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise

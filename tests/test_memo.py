@@ -1,0 +1,51 @@
+"""evaluate and scan remember each model's results: after an edit to one defense only its cells
+are scored and scanned again, and what they write is byte for byte what a full run writes."""
+import json
+import re
+import shutil
+
+from conftest import copy_of, run
+
+
+def read_back(stdout: str, stage: str) -> int:
+    return int(re.search(rf"rvpt stage {stage}: .*\((\d+) read back\)", stdout).group(1))
+
+
+def outputs(project) -> dict[str, bytes]:
+    files = [project / "results" / "summary.json", project / "results" / "summary.md",
+             project / "results" / "metrics.json", *sorted((project / "scans").iterdir())]
+    return {str(f.relative_to(project)): f.read_bytes() for f in files}
+
+
+def test_an_edit_to_one_defense_rescores_only_its_cells(reproduced, tmp_path):
+    project = copy_of(reproduced, tmp_path)
+    before = outputs(project)
+
+    # Nothing changed: every cell is read back, and the outputs are the same bytes.
+    again = run(["rvpt", "stage", "evaluate"], project).stdout
+    assert read_back(again, "evaluate") == 4  # the smoke matrix: 2 attacks x 2 defenses
+    assert outputs(project) == before
+
+    # One defense's block changes: DVC reruns its tune cells, then scan and evaluate redo only those.
+    params = (project / "params.yaml").read_text()
+    edited = re.sub(r"(\n  rvpt:.*?\n    epochs:) 2", r"\1 3", params, count=1, flags=re.S)
+    assert edited != params
+    (project / "params.yaml").write_text(edited)
+    repro = run(["dvc", "repro"], project).stdout
+    assert "--defense rvpt" in repro and "--defense cleanclip" not in repro
+    assert read_back(repro, "scan") == 5   # the clean model, 2 backdoored models, 2 cleanclip cells
+    assert read_back(repro, "evaluate") == 2
+    incremental = outputs(project)
+    assert incremental != before
+
+    # A memo entry that cannot be read is recomputed, not trusted.
+    entry = project / ".rvpt" / "memo" / "evaluate" / "badnet-cleanclip.json"
+    entry.write_text("{not json")
+    assert read_back(run(["rvpt", "stage", "evaluate"], project).stdout, "evaluate") == 3
+    assert json.loads(entry.read_text())["key"]
+
+    # Without the memo, a full run writes the same bytes as the incremental one.
+    shutil.rmtree(project / ".rvpt" / "memo")
+    assert read_back(run(["rvpt", "stage", "scan"], project).stdout, "scan") == 0
+    assert read_back(run(["rvpt", "stage", "evaluate"], project).stdout, "evaluate") == 0
+    assert outputs(project) == incremental
