@@ -98,8 +98,8 @@ class Backdoored:
         return self._model
 
     def scanned(self) -> tuple[dict, bytes]:
-        self._scan, self._picture = self.scanner(zero_shot(self.params, self.model), self.attack)
-        return self._scan.report(), self._picture
+        self._scan, picture = self.scanner(zero_shot(self.params, self.model), self.attack)
+        return self._scan.report(), picture
 
     def cell(self, defense: str, tokenize) -> tuple[dict, bytes]:
         if self._scan is None:
