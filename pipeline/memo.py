@@ -23,20 +23,21 @@ SOURCE = Path(__file__).resolve().parents[1]   # holds pipeline/ and rvpt/
 UNUSED = ("run", "tracking", "defend")          # which cells run, where runs are logged, `rvpt defend`
 
 
-def digest_files(paths: list[Path]) -> str:
-    """One sha256 over the names and bytes of `paths` (folders: every file under them)."""
+def digest_files(paths: list[Path], root: Path | None = None) -> str:
+    """One sha256 over the names (relative to `root`, if given) and bytes of `paths` (folders:
+    every file under them), so that a copy of the project elsewhere has the same digest."""
     total = hashlib.sha256()
     for path in paths:
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in files:
-            total.update(str(file).encode() + b"\0")
+            total.update(str(file.relative_to(root) if root else file).encode() + b"\0")
             with open(file, "rb") as handle:
                 total.update(hashlib.file_digest(handle, "sha256").digest())
     return total.hexdigest()
 
 
 def source_digest() -> str:
-    return digest_files(sorted((SOURCE / "pipeline").rglob("*.py")) + sorted((SOURCE / "rvpt").rglob("*.py")))
+    return digest_files(sorted((SOURCE / "pipeline").rglob("*.py")) + sorted((SOURCE / "rvpt").rglob("*.py")), SOURCE)
 
 
 class Memo:
