@@ -7,8 +7,8 @@ random-resized-crop + flip augmentation, as the paper profile trains.
 Seconds per step are the difference between runs of 1 + `--steps` and 1 steps, divided by
 `--steps` (so set-up is not counted), the median of `--repeats`. On CUDA the forward passes run
 under bf16 autocast (`--precision auto`, as the pipeline does) and the encoder's inference
-throughput at the evaluate batch size is measured too. The frozen-pass rows compare RVPT's shared prefix (blocks before D run
-once for both passes) with a frozen pass of its own. FLOPs per step come from torch's
+throughput at the evaluate batch size is measured too. The frozen-pass rows compare RVPT's shared
+prefix (blocks before D run once for both passes) with a frozen pass of its own. FLOPs per step come from torch's
 FlopCounterMode; the projection divides them by an assumed share (`--mfu`) of an H100's dense
 bf16 peak, for the paper profile's 16 shots x 1,000 classes x 50 epochs.
 """

@@ -8,8 +8,8 @@ headline numbers keyed for `dvc exp show`) and results/summary.md (the paper's T
 from __future__ import annotations
 
 from pipeline import artifacts, calibration, paths
-from pipeline.cells import load_defended
-from pipeline.evaluation import Scorer, load_backdoored, zero_shot
+from pipeline.cells import load_defended, tune_record
+from pipeline.evaluation import Scorer, backdoored_run_id, load_backdoored, zero_shot
 from pipeline.memo import Memo
 from pipeline.params import Params
 from pipeline.summary import markdown
@@ -30,8 +30,7 @@ def headline(params: Params) -> tuple[str, ...]:
 def defended_rows(params: Params, scorer: Scorer, memo: Memo, attack_name: str, upstream: dict) -> list[dict]:
     """The attack's cells, each scored unless the memo holds its scores for the same inputs."""
     backdoored = paths.backdoored(attack_name)
-    upstream[f"upstream.pretrain.{attack_name}"] = artifacts.read_json(
-        backdoored / "pretrain.json", f"rvpt stage pretrain --attack {attack_name}")["mlflow_run_id"]
+    upstream[f"upstream.pretrain.{attack_name}"] = backdoored_run_id(attack_name)
     model = None
     tokenize = models.tokenizer(params.model.config)
     rows = []
@@ -47,8 +46,7 @@ def defended_rows(params: Params, scorer: Scorer, memo: Memo, attack_name: str, 
             memo.put(cell, key, metrics)
         else:
             metrics = remembered[0]
-            tuned = artifacts.read_json(paths.defended(attack_name, defense_name) / "tune.json",
-                                        f"rvpt stage tune --attack {attack_name} --defense {defense_name}")
+            tuned = tune_record(attack_name, defense_name)
         upstream[f"upstream.tune.{cell}"] = tuned["mlflow_run_id"]
         kind = tuned["kind"]
         rows.append({"attack": attack_name, "defense": defense_name, "kind": kind, "shots": tuned["shots"],

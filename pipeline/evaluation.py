@@ -44,12 +44,17 @@ def load_attack(params: Params, attack_name: str) -> Attack:
     return attack
 
 
+def backdoored_run_id(attack_name: str) -> str:
+    """The id of the MLflow run that trained the attack's backdoored model."""
+    made_by = f"rvpt stage pretrain --attack {attack_name}"
+    return artifacts.read_json(paths.backdoored(attack_name) / "pretrain.json", made_by)["mlflow_run_id"]
+
+
 def load_backdoored(attack_name: str):
     """The attack's backdoored model and the id of the MLflow run that trained it."""
-    made_by = f"rvpt stage pretrain --attack {attack_name}"
-    folder = artifacts.require(paths.backdoored(attack_name), made_by)
+    folder = artifacts.require(paths.backdoored(attack_name), f"rvpt stage pretrain --attack {attack_name}")
     model, _ = models.load(folder)
-    return model, artifacts.read_json(folder / "pretrain.json", made_by)["mlflow_run_id"]
+    return model, backdoored_run_id(attack_name)
 
 
 def factor_codes(train: list[str], test: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

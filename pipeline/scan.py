@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from pipeline import artifacts, paths
-from pipeline.cells import load_defended
-from pipeline.evaluation import load_backdoored, open_split, zero_shot
+from pipeline.cells import load_defended, tune_record
+from pipeline.evaluation import backdoored_run_id, load_backdoored, open_split, zero_shot
 from pipeline.memo import Memo
 from pipeline.params import Params
 from pipeline.tracking import stage_run
@@ -87,8 +87,7 @@ class Backdoored:
     def __init__(self, params: Params, scanner: Scanner, attack: str):
         self.params, self.scanner, self.attack = params, scanner, attack
         self.folder = paths.backdoored(attack)
-        self.run_id = artifacts.read_json(self.folder / "pretrain.json",
-                                          f"rvpt stage pretrain --attack {attack}")["mlflow_run_id"]
+        self.run_id = backdoored_run_id(attack)
         self._model, self._scan = None, None
 
     @property
@@ -150,8 +149,7 @@ def run(params: Params) -> str:
         for defense in params.run.defenses:
             cell = f"{attack}-{defense}"
             folder = paths.defended(attack, defense)
-            tuned = artifacts.read_json(folder / "tune.json",
-                                        f"rvpt stage tune --attack {attack} --defense {defense}")
+            tuned = tune_record(attack, defense)
             upstream[f"upstream.tune.{cell}"] = tuned["mlflow_run_id"]
             if tuned["kind"] == "none":  # the backdoored model itself: its scan and held-out ASR are the ones above
                 reports[cell] = {**reports[attack], "residual_success": reports[attack]["held_out_success"]}
