@@ -24,7 +24,7 @@ def measure(attack: str, name: str) -> dict:
     from pipeline import params as params_module
     from pipeline import defending
     from pipeline.evaluation import load_backdoored
-    from pipeline.tune import defender_data
+    from pipeline.stages.tune import defender_data
     from rvpt import models
     from rvpt.defenses import KINDS
     from rvpt.prompts import frozen_block_cls

@@ -35,7 +35,7 @@ def fabricate(root: Path, images: int, batch: int, threads: int) -> None:
     import pipeline
     from pipeline import artifacts, paths
     from pipeline import params as params_module
-    from pipeline.poison import build_attack
+    from pipeline.triggers import build_attack
     from rvpt import models
 
     raw = yaml.safe_load((Path(pipeline.__file__).parents[1] / "params.yaml").read_text())
@@ -86,7 +86,7 @@ def measure(images: int) -> dict:
     """`evaluate` in the project in the current folder."""
     import torch
 
-    from pipeline import evaluate
+    from pipeline.stages import evaluate
     from pipeline import params as params_module
 
     params = params_module.load()

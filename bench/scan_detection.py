@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline import params as params_module  # noqa: E402
 from pipeline import paths  # noqa: E402
 from pipeline.evaluation import zero_shot  # noqa: E402
-from pipeline.scan import Scanner  # noqa: E402
+from pipeline.scanning import Scanner  # noqa: E402
 from rvpt import models  # noqa: E402
 
 

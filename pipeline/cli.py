@@ -47,7 +47,7 @@ def download(params: Path = PARAMS,
              corpus_size: Optional[int] = typer.Option(None, help="Pretraining pairs to render."),
              seed: Optional[int] = typer.Option(None, help="Random seed.")):
     """Make the clean pretraining corpus and the downstream train/val/test splits."""
-    from pipeline import download as stage
+    from pipeline.stages import download as stage
 
     execute("download", params, {"data.corpus_size": ("--corpus-size", corpus_size), "seed": ("--seed", seed)},
             stage.run)
@@ -59,7 +59,7 @@ def poison(params: Path = PARAMS,
            rate: Optional[float] = typer.Option(None, help="Poisoned fraction of the corpus, in (0, 1]."),
            target: Optional[str] = typer.Option(None, help="Target class name.")):
     """Apply an attack's trigger to a fraction of the corpus, with target-class captions."""
-    from pipeline import poison as stage
+    from pipeline.stages import poison as stage
 
     attack = plain(attack, "--attack")
 
@@ -82,7 +82,7 @@ def pretrain(params: Path = PARAMS,
              clean: bool = typer.Option(False, "--clean", help="Train the clean base model instead."),
              steps: Optional[int] = typer.Option(None, help="Optimizer steps.")):
     """Train the clean CLIP, or fine-tune it on a poisoned corpus (the victim's training)."""
-    from pipeline import pretrain as stage
+    from pipeline.stages import pretrain as stage
 
     attack = plain(attack, "--attack")
 
@@ -102,7 +102,7 @@ def pretrain(params: Path = PARAMS,
 def sample(params: Path = PARAMS,
            shots: Optional[int] = typer.Option(None, help="Clean examples per class (K).")):
     """Draw the defender's K-shot clean subset of the downstream train split."""
-    from pipeline import sample as stage
+    from pipeline.stages import sample as stage
 
     execute("sample", params, {"sample.shots": ("--shots", shots)}, stage.run)
 
@@ -122,7 +122,7 @@ def tune(params: Path = PARAMS,
 
     Options other than --attack and --shots change one defense's settings, so they need --defense.
     """
-    from pipeline import tune as stage
+    from pipeline.stages import tune as stage
 
     attack, defense = plain(attack, "--attack"), plain(defense, "--defense")
 
@@ -147,7 +147,7 @@ def tune(params: Path = PARAMS,
 @stage_app.command("scan")
 def scan_stage(params: Path = PARAMS):
     """Trigger inversion on the clean, backdoored and defended models: is each backdoored, towards which class?"""
-    from pipeline import scan as stage
+    from pipeline.stages import scan as stage
 
     def work(p):
         preflight([stage.needs(p)])
@@ -159,7 +159,7 @@ def scan_stage(params: Path = PARAMS):
 @stage_app.command()
 def evaluate(params: Path = PARAMS):
     """Score the clean model and every (attack, defense) cell on the test split: CA, ASR, diagnostics."""
-    from pipeline import evaluate as stage
+    from pipeline.stages import evaluate as stage
 
     execute("evaluate", params, {}, stage.run)
 
@@ -177,7 +177,7 @@ def report(params: Path = PARAMS):
     The page holds the matrix, triggers, poisoned samples, loss curves and trainable parameters,
     with every image inlined; the plots are what `dvc plots show` renders.
     """
-    from pipeline import report as stage
+    from pipeline.stages import report as stage
 
     execute("report", params, {}, stage.run, label="rvpt report")
 

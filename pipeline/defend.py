@@ -18,7 +18,7 @@ import torch
 from pipeline import artifacts, defending, sources
 from pipeline.params import Params
 from pipeline.params_data import check_names
-from pipeline.scan import scanning
+from pipeline.scanning import scanning
 from rvpt import checkpoint, compute, metrics, models, scan
 from rvpt.defenses import DefenderData, ZeroShot
 from rvpt.errors import BadInput

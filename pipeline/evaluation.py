@@ -13,7 +13,7 @@ import torch
 
 from pipeline import artifacts, paths
 from pipeline.params import Params
-from pipeline.poison import build_attack
+from pipeline.triggers import build_attack
 from pipeline.splits import Split
 from rvpt import compute, metrics, models
 from rvpt import diagnostics as diagnostics_lib

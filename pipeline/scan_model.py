@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline import artifacts, sources
 from pipeline.defend import class_names, load_model, read_folder, read_small_text
 from pipeline.params import Params
-from pipeline.scan import scanning
+from pipeline.scanning import scanning
 from rvpt import compute, models
 from rvpt.defenses import KINDS, ZeroShot
 from rvpt.errors import BadInput

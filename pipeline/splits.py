@@ -16,13 +16,14 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline import artifacts
+from pipeline import artifacts, paths
 from rvpt.errors import BadInput
 from rvpt.images import check_skipped, decode_image
+from rvpt.sampling import take_shots
 from rvpt.world import FACTORS
 
 if TYPE_CHECKING:
-    from pipeline.params import Data
+    from pipeline.params import Data, Params
 
 
 @dataclass
@@ -112,3 +113,16 @@ class Split:
             artifacts.warn(f"{self.path}: skipped {len(skipped)} of {len(self)} unreadable images "
                            f"(first: {skipped[0]})")
         self.checked = True
+
+
+def load_fewshot(params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shots as uint8 [N, 3, H, W] (converted batch by batch where they are used), and their labels."""
+    path = paths.FEWSHOT / "train.parquet"
+    table = artifacts.read_table(path, "rvpt stage sample")
+    try:
+        rows = take_shots(table.column("shot_rank").to_numpy(), params.sample.shots)
+    except ValueError as error:
+        raise BadInput(f"--shots {params.sample.shots}: {error} (rerun `rvpt stage sample` with more)") from None
+    images, kept = artifacts.decode_pixels(table.take(rows), params.data, str(path))
+    subset = table.take(rows[kept])
+    return images, torch.from_numpy(artifacts.labels(subset))

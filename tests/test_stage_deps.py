@@ -114,8 +114,18 @@ def test_a_stage_depends_on_exactly_the_code_it_runs(name, command, deps):
 
 def test_the_closure_follows_imports_inside_functions():
     # cli.py imports each stage's module inside its command, so the closure must see those imports.
-    assert ROOT / "pipeline" / "tune.py" in command_closure("tune")
-    assert ROOT / "pipeline" / "tune.py" not in command_closure("download")
+    assert ROOT / "pipeline" / "stages" / "tune.py" in command_closure("tune")
+    assert ROOT / "pipeline" / "stages" / "tune.py" not in command_closure("download")
+
+
+def test_each_stage_is_one_module_named_as_its_command():
+    # pipeline/stages/ holds the stages and nothing else, so its listing is the pipeline.
+    modules = {p.stem for p in (ROOT / "pipeline" / "stages").glob("*.py") if p.name != "__init__.py"}
+    assert modules == {command for _, command, _ in stages()}
+    for name, command, _ in stages():
+        assert ROOT / "pipeline" / "stages" / f"{command}.py" in command_closure(command), name
+        others = modules - {command}
+        assert not {ROOT / "pipeline" / "stages" / f"{m}.py" for m in others} & command_closure(command), name
 
 
 def test_validating_params_imports_no_defense_or_scanner():

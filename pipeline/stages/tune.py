@@ -9,32 +9,17 @@ defender never has the trigger). The test split is never read here.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from pipeline import artifacts, defending, paths
 from pipeline.evaluation import Scorer, load_backdoored
 from pipeline.params import Params
+from pipeline.splits import load_fewshot
 from pipeline.tracking import stage_run
 from rvpt import compute, models
 from rvpt.defenses import KINDS, DefenderData
-from rvpt.errors import BadInput
 from rvpt.resume import Checkpointing, fingerprint
-from rvpt.sampling import take_shots
 
 PAIRS = paths.CLEAN / "pairs.parquet"
-
-
-def load_fewshot(params: Params) -> tuple[torch.Tensor, torch.Tensor]:
-    """The shots as uint8 [N, 3, H, W] (converted batch by batch where they are used), and their labels."""
-    path = paths.FEWSHOT / "train.parquet"
-    table = artifacts.read_table(path, "rvpt stage sample")
-    try:
-        rows = take_shots(table.column("shot_rank").to_numpy(), params.sample.shots)
-    except ValueError as error:
-        raise BadInput(f"--shots {params.sample.shots}: {error} (rerun `rvpt stage sample` with more)") from None
-    images, kept = artifacts.decode_pixels(table.take(rows), params.data, str(path))
-    subset = table.take(rows[kept])
-    return images, torch.from_numpy(artifacts.labels(subset))
 
 
 def defender_data(params: Params, defense) -> DefenderData:

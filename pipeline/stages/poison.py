@@ -12,18 +12,10 @@ from safetensors.torch import save_file
 from pipeline import artifacts, paths
 from pipeline.params import Params
 from pipeline.tracking import stage_run
+from pipeline.triggers import build_attack
 from rvpt import attacks, models, poisoning
 from rvpt.errors import BadInput
 from rvpt.images import encode_png, grid, normalize, to_uint8_image
-
-
-def build_attack(params: Params, name: str) -> attacks.Attack:
-    spec = params.attacks[name]
-    options = {"seed": params.seed, **spec.options}
-    try:
-        return attacks.build(spec.kind, params.data.image_size, **options)
-    except (TypeError, ValueError) as error:
-        raise BadInput(f"params.yaml: attacks.{name}.options: {error}") from None
 
 
 def optimise_badclip(params: Params, attack: attacks.BadCLIP, name: str, table, labels: np.ndarray,

@@ -11,73 +11,17 @@ a column per class).
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
-from PIL import Image
-
 from pipeline import artifacts, paths
 from pipeline.cells import load_defended, tune_record
-from pipeline.evaluation import backdoored_run_id, load_backdoored, open_split, zero_shot
+from pipeline.evaluation import backdoored_run_id, load_backdoored, zero_shot
 from pipeline.memo import Memo
 from pipeline.params import Params
+from pipeline.scanning import Scanner
 from pipeline.tracking import stage_run
-from pipeline.tune import load_fewshot
-from rvpt import compute, models, scan
-from rvpt.images import encode_png
+from rvpt import models
 from rvpt.progress import progress
 
 CLEAN_ROW = "clean_model"
-PIXELS = 64  # side of each trigger in the PNG, upscaled without smoothing so pixels stay visible
-
-
-def held_out(params: Params) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first scan.held_out validation images (uint8) and their labels."""
-    images, labels, count = [], [], 0
-    for batch in open_split(params, "val").batches(params.evaluate.batch_size, 0, False):
-        images.append(batch.pixels[:params.scan.held_out - count])
-        labels.append(batch.labels[:params.scan.held_out - count])
-        count += len(images[-1])
-        if count >= params.scan.held_out:
-            break
-    return torch.cat(images), torch.cat(labels)
-
-
-def picture(result: scan.Scan) -> bytes:
-    """A row per trigger kind, a column per class, each trigger shown on grey."""
-    rows = [torch.cat([triggers.picture(c) for c in range(len(result.classes))], dim=-1)
-            for triggers in result.triggers.values()]
-    grid = (torch.cat(rows, dim=-2).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    side = grid.shape[0] // len(rows)
-    image = Image.fromarray(np.ascontiguousarray(grid))
-    return encode_png(image.resize((image.width * PIXELS // side, image.height * PIXELS // side), Image.NEAREST))
-
-
-def settings(params: Params) -> scan.Config:
-    chosen = params.scan.model_dump(exclude={"kinds", "held_out"})
-    return scan.Config(**chosen, kinds=tuple(dict.fromkeys(params.scan.kinds)), seed=params.seed)
-
-
-def scanning(params: Params, defended, names: list[str], shots, held, desc: str = "scan") -> tuple[scan.Scan, bytes]:
-    """(scan, its triggers as PNG) of the model on the `shots` (images, labels), with the held-out ASR on `held`."""
-    result = scan.scan(defended, names, *shots, settings(params), desc=desc)
-    scan.held_out_success(result, defended, *held, params.evaluate.batch_size)
-    return result, picture(result)
-
-
-class Scanner:
-    def __init__(self, params: Params):
-        self.params = params
-        self.classes = params.data.class_names
-        self.shots, self.held = load_fewshot(params), held_out(params)
-        self.device = compute.placement(params.compute.device, params.compute.precision).device
-
-    def __call__(self, defended, name: str) -> tuple[scan.Scan, bytes]:
-        defended.to(self.device)
-        return scanning(self.params, defended, self.classes, self.shots, self.held, desc=f"scan {name}")
-
-    def residual(self, defended, backdoored: scan.Scan) -> float:
-        """The backdoored model's suspect trigger's held-out ASR on `defended`."""
-        return scan.suspect_success(backdoored, defended, *self.held, self.params.evaluate.batch_size)
 
 
 class Backdoored:
