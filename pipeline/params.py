@@ -15,7 +15,7 @@ from pipeline.params_scan import Scan
 from pipeline.paths import check_name
 from rvpt.attacks import REGISTRY as ATTACKS
 from rvpt.attacks import build as build_attack
-from rvpt import models
+from rvpt import model_config
 from rvpt.errors import BadInput, shown
 
 PARAMS_FILE = "params.yaml"
@@ -39,15 +39,17 @@ class Model(Strict):
         if self.pretrained is not None and self.name is None:
             raise ValueError("model.pretrained needs model.name")
         if self.name is not None:
-            named = models.named_config(self.name)
+            from rvpt.models import named_config  # open_clip's registry: only a named model pays its import
+
+            named = named_config(self.name)
             if named is None:
                 raise ValueError(f"name: {shown(self.name)} is not an open_clip model (see open_clip.list_models())")
             self.config = named
-        built = models.check_config(self.config)
-        self._depth = models.vision_depth(built)
-        grid = getattr(built.visual, "grid_size", None)
-        self._patches = grid[0] * grid[1] if grid else None
-        self._context = int(built.context_length)
+        # Read from the dict: whether it builds is checked where a stage builds it (models.from_config).
+        model_config.check_sizes(self.config)
+        self._depth = model_config.vision_depth(self.config)
+        self._patches = model_config.patch_tokens(self.config)
+        self._context = model_config.context_length(self.config)
         return self
 
     @property

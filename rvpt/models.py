@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from rvpt import checkpoint
 from rvpt.errors import BadInput
+from rvpt.model_config import check_sizes
 from rvpt.images import MEAN, STD
 
 CONFIG_NAME = "open_clip_config.json"
@@ -58,33 +59,12 @@ def read_config(directory: str | os.PathLike) -> dict:
 
 
 MAX_PARAMETERS = 5_000_000_000  # twice ViT-bigG; a config asking for more is refused, not allocated
-MAX_LAYERS = 256                 # ViT-bigG has 48; even a meta-device build of millions of blocks takes hours
-MAX_SIZE = 1 << 20               # any other number in a config (widths, vocabulary, context)
-
-
-def _check_sizes(node, where: str = "") -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            _check_sizes(value, f"{where}{key}.")
-        return
-    if isinstance(node, list):
-        for value in node:
-            _check_sizes(value, where)
-        return
-    if isinstance(node, bool) or not isinstance(node, int):
-        return
-    name = where.rstrip(".")
-    limit = MAX_LAYERS if name.endswith("layers") else MAX_SIZE
-    if abs(node) > limit:
-        raise ValueError(f"{name} is {node}, over the limit of {limit:,}")
-
-
 def check_config(model_cfg: dict) -> CLIP:
     """The model a config describes, built on the meta device (no memory, no values), so that a
     hostile or mistyped config is refused before anything is allocated."""
     if not isinstance(model_cfg, dict):
         raise ValueError("not a mapping")
-    _check_sizes(model_cfg)
+    check_sizes(model_cfg)
     try:
         with torch.device("meta"):
             model = CLIP(**json.loads(json.dumps(model_cfg)))
@@ -103,12 +83,13 @@ def vision_depth(model: CLIP) -> int | None:
     return len(transformer.resblocks) if transformer is not None else None
 
 
-def from_config(model_cfg: dict, where) -> CLIP:
+def from_config(model_cfg: dict, where, seed: int | None = None) -> CLIP:
+    """A randomly initialised model, once the config is known to build (BadInput naming `where` if not)."""
     try:
         check_config(model_cfg)
     except ValueError as error:
         raise BadInput(f"{where}: {error}") from None
-    return build(model_cfg)
+    return build(model_cfg, seed)
 
 
 def from_weights(model_cfg: dict, weights: str | os.PathLike, config_name) -> CLIP:

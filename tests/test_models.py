@@ -77,3 +77,28 @@ def test_a_config_asking_for_too_many_parameters_is_refused_before_allocation(tm
     models.save(models.build(TINY_MODEL), huge, tmp_path / "ckpt")
     with pytest.raises(BadInput, match="over the limit"):
         models.load(tmp_path / "ckpt")
+
+
+def test_params_read_the_sizes_every_buildable_open_clip_config_builds():
+    # params validation reads these from the dict instead of building the model; they must agree.
+    from rvpt import model_config
+
+    checked = 0
+    for name in open_clip.list_models():
+        config = models.named_config(name)
+        try:
+            built = models.check_config(config)
+        except ValueError:
+            continue  # CoCa, EVA and HF-text configs are not plain CLIPs; a stage refuses them when it builds
+        grid = getattr(built.visual, "grid_size", None)
+        assert (model_config.vision_depth(config), model_config.patch_tokens(config),
+                model_config.context_length(config)) == (
+            models.vision_depth(built), grid[0] * grid[1] if grid else None, built.context_length), name
+        checked += 1
+    assert checked > 50
+
+
+def test_an_unbuildable_config_is_refused_where_a_model_is_built():
+    broken = {**TINY_MODEL, "vision_cfg": {**TINY_MODEL["vision_cfg"], "no_such_key": 1}}
+    with pytest.raises(BadInput, match="params.yaml: model.config: not a buildable open_clip config"):
+        models.from_config(broken, "params.yaml: model.config")

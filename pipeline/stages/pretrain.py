@@ -74,7 +74,7 @@ def run(params: Params, attack_name: str | None) -> str:
 
     table = artifacts.read_table(source, made_by)
     if clean or params.pretrain.init == "scratch":
-        model = models.build(params.model.config, seed=params.seed)
+        model = models.from_config(params.model.config, "params.yaml: model.config", seed=params.seed)
         start = "scratch"
     else:
         artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean")
