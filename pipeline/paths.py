@@ -28,7 +28,9 @@ CLEAN_MODEL = Path("models/clean")
 RESULTS = Path("results")
 SCANS = Path("scans")
 SUMMARY = RESULTS / "summary.json"
-METRICS = RESULTS / "metrics.json"
+# DVC metrics, {attack: value} per defense: `dvc metrics show` prints them as Table 1 is laid out.
+ASR_METRICS = RESULTS / "asr"
+CA_METRICS = RESULTS / "ca"
 CHECKPOINTS = Path(".rvpt/checkpoints")  # training state for resuming; not an output, so DVC never removes it
 
 

@@ -5,12 +5,15 @@ file behind (a probe file is removed again).
 """
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sqlite3
 import stat
 import tempfile
+import urllib.error
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from rvpt.errors import BadInput, shown
@@ -90,3 +93,38 @@ def check_file_store(uri: str) -> None:
     if not ancestor.is_dir():
         raise BadInput(f"{ENV_URI}={shown(uri)}: {ancestor} is not a folder")
     _probe_folder(ancestor, uri)
+
+
+def check_reachable(uri: str, timeout_s: float, default_store: Path) -> None:
+    """Fails fast, before any work, when the tracking store cannot take this stage's run.
+
+    Every scheme MLflow accepts is checked within `timeout_s`: a server must answer, a database
+    must be reachable (or a SQLite file openable or creatable), a file store must be allowed and
+    writable. MLflow's own client would retry for minutes, or fail only after the work.
+    """
+    scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    if scheme in ("http", "https"):
+        check_server(uri, timeout_s, default_store)
+    elif scheme == "sqlite":
+        check_sqlite(uri, timeout_s)
+    elif scheme.split("+")[0] in DATABASE_PORTS:
+        check_database(uri, timeout_s)
+    elif scheme in ("", "file") or len(scheme) == 1:  # one letter: a Windows drive
+        check_file_store(uri)
+    else:
+        raise BadInput(f"{ENV_URI}={shown(uri)}: scheme {shown(scheme)} is not one rvpt can check before work "
+                       f"(use http(s)://, sqlite:///, postgresql://, mysql://, mssql:// or a folder)")
+
+
+def check_server(uri: str, timeout_s: float, default_store: Path) -> None:
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, math.ceil(timeout_s))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered; a proxy may simply not route /health
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise BadInput(f"MLflow tracking server {shown(uri)} did not answer within {timeout_s:g} s ({reason}); "
+                       f"start it, or unset {ENV_URI} to log to {default_store}") from None

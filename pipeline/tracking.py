@@ -3,19 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import os
 import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 from pipeline import owner, stores
 from pipeline.params import PARAMS_FILE
 from rvpt import compute
-from rvpt.errors import BadInput, shown
 
 ENV_URI = stores.ENV_URI
 
@@ -48,39 +43,8 @@ def tracking_uri() -> str:
 
 
 def check_reachable(timeout_s: float) -> None:
-    """Fails fast, before any work, when the tracking store cannot take this stage's run.
-
-    Every scheme MLflow accepts is checked within `timeout_s`: a server must answer, a database
-    must be reachable (or a SQLite file openable or creatable), a file store must be allowed and
-    writable. MLflow's own client would retry for minutes, or fail only after the work.
-    """
-    uri = tracking_uri()
-    scheme = urllib.parse.urlsplit(uri).scheme.lower()
-    if scheme in ("http", "https"):
-        check_server(uri, timeout_s)
-    elif scheme == "sqlite":
-        stores.check_sqlite(uri, timeout_s)
-    elif scheme.split("+")[0] in stores.DATABASE_PORTS:
-        stores.check_database(uri, timeout_s)
-    elif scheme in ("", "file") or len(scheme) == 1:  # one letter: a Windows drive
-        stores.check_file_store(uri)
-    else:
-        raise BadInput(f"{ENV_URI}={shown(uri)}: scheme {shown(scheme)} is not one rvpt can check before work "
-                       f"(use http(s)://, sqlite:///, postgresql://, mysql://, mssql:// or a folder)")
-
-
-def check_server(uri: str, timeout_s: float) -> None:
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, math.ceil(timeout_s))))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
-            pass
-    except urllib.error.HTTPError:
-        pass  # it answered; a proxy may simply not route /health
-    except (OSError, ValueError) as error:
-        reason = getattr(error, "reason", error)
-        raise BadInput(f"MLflow tracking server {shown(uri)} did not answer within {timeout_s:g} s ({reason}); "
-                       f"start it, or unset {ENV_URI} to log to {repo_root() / 'mlflow.db'}") from None
+    """Fails fast, before any work, when the tracking store cannot take this stage's run."""
+    stores.check_reachable(tracking_uri(), timeout_s, repo_root() / "mlflow.db")
 
 
 def git_commit() -> str:
@@ -149,6 +113,34 @@ class StageRun:
         else:
             mlflow.log_artifact(str(path), folder)
 
+    def table(self, columns: dict[str, list], name: str) -> None:
+        """A table that the run's evaluation view shows (and `mlflow.load_table` reads back)."""
+        import mlflow
+
+        mlflow.log_table(columns, name)
+
+    def describe(self, markdown: str) -> None:
+        """The run's description, rendered on its page (cut to the longest tag MLflow stores)."""
+        import mlflow
+
+        mlflow.set_tag("mlflow.note.content", markdown[:8000])
+
+    def onto(self, run_metrics: dict[str, dict[str, float]]) -> int:
+        """Adds metrics to other runs (a cell's tune run, say), so that the runs table ranks them.
+        A run the store does not hold (made under another tracking URI) is skipped; returns how many
+        were written."""
+        import mlflow
+        from mlflow.entities import Metric
+
+        client, now, written = mlflow.MlflowClient(), int(time.time() * 1000), 0
+        for run_id, metrics in run_metrics.items():
+            try:
+                client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+                written += 1
+            except mlflow.exceptions.MlflowException:
+                continue
+        return written
+
 
 # MLflow 3 opens an experiment without a kind in its GenAI layout; this one compares trained
 # models. mlflow.note.content is the description the experiment page shows.
@@ -192,6 +184,15 @@ class Unlogged(StageRun):
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
         pass
 
+    def table(self, columns: dict[str, list], name: str) -> None:
+        pass
+
+    def describe(self, markdown: str) -> None:
+        pass
+
+    def onto(self, run_metrics: dict[str, dict[str, float]]) -> int:
+        return 0
+
 
 def close_orphans(stage: str, experiment: str) -> None:
     """Marks KILLED the runs of this stage left RUNNING by a process that is gone (killed with -9,
@@ -209,6 +210,26 @@ def close_orphans(stage: str, experiment: str) -> None:
         recorded = {key: tags.get(f"rvpt.owner.{key}", "") for key in ("host", "pid", "started")}
         if owner.gone(recorded):
             client.set_terminated(run.info.run_id, "KILLED")
+
+
+PIPELINE_STAGE = "pipeline"
+
+
+def pipeline_parent(experiment: str, pipeline: str, tags: dict[str, str]) -> str:
+    """The run that groups one pipeline's stage runs (one per `dvc repro` or `dvc exp run` of the
+    same code and params), created by the first stage that logs. It holds no work of its own."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    query = f"tags.`rvpt.pipeline` = '{pipeline}' and tags.`rvpt.stage` = '{PIPELINE_STAGE}'"
+    found = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"], max_results=1)
+    if found:
+        return found[0].info.run_id
+    name = f"pipeline {tags['dvc.exp']}" if "dvc.exp" in tags else f"pipeline {pipeline}"
+    created = client.create_run(experiment_id, run_name=name, tags={**tags, "rvpt.stage": PIPELINE_STAGE})
+    client.set_terminated(created.info.run_id, "FINISHED")
+    return created.info.run_id
 
 
 @contextlib.contextmanager
@@ -235,7 +256,9 @@ def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = Non
     }
     all_tags = {key: value for key, value in all_tags.items() if value != ""}  # e.g. dvc.exp outside an experiment
     name = all_tags["dvc.stage"] if all_tags["dvc.stage"] != "manual" else stage
-    with mlflow.start_run(run_name=name, tags=all_tags) as run:
+    shared = {key: all_tags[key] for key in ("rvpt.pipeline", "dvc.exp", "mlflow.source.git.commit") if key in all_tags}
+    parent = pipeline_parent(experiment, all_tags["rvpt.pipeline"], shared)
+    with mlflow.start_run(run_name=name, tags=all_tags, parent_run_id=parent) as run:
         handle = StageRun(run)
         mlflow.log_params(flatten(params))
         try:

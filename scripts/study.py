@@ -6,7 +6,7 @@
 
 Each experiment is named NAME-s<seed>-t<defense seed> and changes only `seed` (world, poisoning,
 shots) and `tune.seed` (the defense's own), plus the -S settings every run of NAME shares. The
-table groups runs by NAME: test CA and ASR come from `dvc exp show` (results/metrics.json), the
+table groups runs by NAME: test CA and ASR come from `dvc exp show` (results/ca/ and results/asr/), the
 validation CA the defense was tuned for from its MLflow tune run. Validation ASR is never shown
 here: the defender has no trigger, so nothing is chosen by it.
 """
@@ -33,7 +33,8 @@ def queue(study: str, data_seeds: list[int], defense_seeds: list[int], settings:
 
 
 def experiments(studies: list[str]) -> dict[str, dict]:
-    """name -> {"metrics": results/metrics.json, "params": params.yaml} for every finished experiment."""
+    """name -> {"metrics": {attack: {defense: {clean_accuracy, attack_success_rate}}}, "params": params.yaml}
+    for every finished experiment."""
     shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True,
                                       check=True).stdout)
     found = {}
@@ -42,10 +43,21 @@ def experiments(studies: list[str]) -> dict[str, dict]:
             for rev in group["revs"]:
                 name, data = rev.get("name") or "", rev.get("data") or {}
                 match = EXP_NAME.fullmatch(name)
-                metrics = (data.get("metrics") or {}).get("results/metrics.json", {}).get("data")
+                metrics = cells(data.get("metrics") or {})
                 if match and metrics and (not studies or match["study"] in studies):
                     found[name] = {"metrics": metrics, "params": data["params"]["params.yaml"]["data"],
                                    "study": match["study"]}
+    return found
+
+
+def cells(files: dict) -> dict:
+    """The results/asr/<defense>.json and results/ca/<defense>.json metrics as attack -> defense -> figures."""
+    found = {}
+    for path, content in files.items():
+        match = re.fullmatch(r"results/(asr|ca)/(.+)\.json", path)
+        for attack, value in ((content or {}).get("data") or {}).items() if match else ():
+            key = "attack_success_rate" if match[1] == "asr" else "clean_accuracy"
+            found.setdefault(attack, {}).setdefault(match[2], {})[key] = value
     return found
 
 

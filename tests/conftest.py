@@ -52,6 +52,9 @@ SMOKE = {
     "scan": {"steps": 30, "check_images": 32, "held_out": 40},
     "run": {"attacks": ["badnet", "badclip"], "defenses": ["rvpt", "cleanclip"]},
     "tracking": {"experiment": "smoke"},
+    # The suite runs on two pytest workers (README); a stage on one thread each keeps two stages
+    # on 2 cores from slowing each other down.
+    "threads": 1,
 }
 
 
@@ -178,6 +181,18 @@ def copy_of(project: Path, tmp_path: Path) -> Path:
     destination = tmp_path / "copy"
     shutil.copytree(project, destination, symlinks=True)
     return destination
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # the in-process tests of two workers share the cores the same way
+
+
+def pytest_collection_modifyitems(items):
+    # Under `--dist loadgroup`, the tests that read the one reproduced smoke project run on the same
+    # worker, so it is built once, not once per worker.
+    for item in items:
+        if "reproduced" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("reproduced"))
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,8 @@ def read_back(stdout: str, stage: str) -> int:
 
 def outputs(project) -> dict[str, bytes]:
     files = [project / "results" / "summary.json", project / "results" / "summary.md",
-             project / "results" / "metrics.json", *sorted((project / "scans").iterdir())]
+             *sorted((project / "results" / "asr").iterdir()), *sorted((project / "results" / "ca").iterdir()),
+             *sorted((project / "scans").iterdir())]
     return {str(f.relative_to(project)): f.read_bytes() for f in files}
 
 

@@ -3,14 +3,28 @@ a 2 x 2 attacks x defenses matrix (BadNet and BadCLIP; RVPT and CleanCLIP)."""
 import json
 
 import mlflow
+import pytest
 import yaml
 from conftest import copy_of, run
 from safetensors.torch import load_file
 
+from pipeline.stages.evaluate import on_tune_runs
 from rvpt import attacks
 
 STAGES = {"download", "pretrain", "poison", "sample", "tune", "scan", "evaluate", "report"}
 CELLS = [("badnet", "rvpt"), ("badnet", "cleanclip"), ("badclip", "rvpt"), ("badclip", "cleanclip")]
+
+
+def test_a_cells_ca_drop_is_taken_against_its_attacks_undefended_model():
+    rows = [{"attack": "a", "defense": "clean_model", "kind": "none", "clean_accuracy": 0.9, "attack_success_rate": 0.1},
+            {"attack": "a", "defense": "none", "kind": "none", "clean_accuracy": 0.8, "attack_success_rate": 0.9},
+            {"attack": "a", "defense": "rvpt", "kind": "prompt", "clean_accuracy": 0.7, "attack_success_rate": 0.2},
+            {"attack": "b", "defense": "rvpt", "kind": "prompt", "clean_accuracy": 0.6, "attack_success_rate": 0.3}]
+    upstream = {"upstream.tune.a-none": "r1", "upstream.tune.a-rvpt": "r2", "upstream.tune.b-rvpt": "r3"}
+    logged = on_tune_runs(rows, upstream)
+    assert logged["r1"] == {"test_clean_accuracy": 0.8, "test_attack_success_rate": 0.9, "test_ca_drop": 0.0}
+    assert logged["r2"]["test_ca_drop"] == pytest.approx(0.1)
+    assert logged["r3"] == {"test_clean_accuracy": 0.6, "test_attack_success_rate": 0.3}  # b has no undefended cell
 
 
 def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_path):
@@ -67,7 +81,10 @@ def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_pat
     by_stage = {}
     for r in runs:
         by_stage.setdefault(r.data.tags["rvpt.stage"], []).append(r)
-    assert set(by_stage) == STAGES
+    assert set(by_stage) == STAGES | {"pipeline"}
+    # One parent run groups the pipeline's stage runs, so `mlflow ui` folds them under it.
+    [parent] = by_stage.pop("pipeline")
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for stage in by_stage.values() for r in stage)
     assert len(by_stage["tune"]) == 4 and len(by_stage["pretrain"]) == 3 and len(by_stage["poison"]) == 2
     assert len({r.data.tags["rvpt.pipeline"] for r in runs}) == 1
     tunes = {(r.data.tags["attack"], r.data.tags["defense"]): r for r in by_stage["tune"]}
@@ -79,11 +96,27 @@ def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_pat
     assert tune.data.tags["upstream.pretrain"] in {r.info.run_id for r in by_stage["pretrain"]}
     evaluate = by_stage["evaluate"][0]
     assert evaluate.data.metrics["badclip.rvpt.attack_success_rate"] == by_cell["badclip", "rvpt"]["attack_success_rate"]
+    # Each cell's test figures also sit on its own tune run, so the runs table ranks the defenses;
+    # the evaluate run holds the matrix as a table, and its main table as its description.
+    for (attack, defense), cell_run in tunes.items():
+        assert cell_run.data.metrics["test_attack_success_rate"] == by_cell[attack, defense]["attack_success_rate"]
+        assert cell_run.data.metrics["test_clean_accuracy"] == by_cell[attack, defense]["clean_accuracy"]
+    table = mlflow.load_table("matrix.json", run_ids=[evaluate.info.run_id])
+    assert list(zip(table["attack"], table["defense"])) == [(r["attack"], r["defense"]) for r in rows]
+    assert evaluate.data.tags["mlflow.note.content"].startswith("## ASR % (CA %) on the test split")
     scan = by_stage["scan"][0]
     assert scan.data.metrics["badnet-rvpt.scan_residual_success"] == by_cell["badnet", "rvpt"]["scan_residual_success"]
     assert scan.data.tags["upstream.tune.badnet-rvpt"] == tunes["badnet", "rvpt"].info.run_id
     artifacts = {a.path for a in client.list_artifacts(tune.info.run_id)}
     assert "prompts.safetensors" in artifacts
+
+    # `dvc metrics show` prints Table 1: a row per (metric, defense) file, a column per attack.
+    shown = run(["dvc", "metrics", "show"], project, env={"COLUMNS": "120"}).stdout.splitlines()
+    assert shown[0].split() == ["Path", "badclip", "badnet"]
+    assert {line.split()[0] for line in shown[1:]} == {f"results/{m}/{d}.json" for m in ("asr", "ca")
+                                                       for d in ("clean_model", "rvpt", "cleanclip")}
+    rvpt_asr = next(line for line in shown if line.startswith("results/asr/rvpt.json")).split()
+    assert float(rvpt_asr[2]) == pytest.approx(by_cell["badnet", "rvpt"]["attack_success_rate"], abs=1e-5)
 
     # Nothing changed: a second repro runs nothing and logs no new run.
     second = run(["dvc", "repro"], project)

@@ -24,7 +24,11 @@ def test_queued_experiment_logs_to_the_repository_store(tmp_path):
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("smoke")
     assert experiment.artifact_location == (project / "mlruns").as_uri()
-    [logged] = client.search_runs([experiment.experiment_id])
+    [logged] = client.search_runs([experiment.experiment_id], "tags.`rvpt.stage` = 'download'")
+    # The experiment's stage runs sit under one parent run, named after it.
+    [parent] = client.search_runs([experiment.experiment_id], "tags.`rvpt.stage` = 'pipeline'")
+    assert logged.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert parent.info.run_name == "pipeline queued-one" and parent.info.status == "FINISHED"
     assert logged.data.tags["dvc.exp"] == "queued-one" and logged.data.tags["dvc.stage"] == "download"
     assert logged.data.params["data.corpus_size"] == "600" and logged.data.metrics["corpus_pairs"] == 600
     assert not list((project / ".dvc" / "tmp" / "exps").glob("tmp*/mlflow.db"))

@@ -2,8 +2,9 @@
 transfer task, with the diagnostics.
 
 Rows: the clean (never poisoned) model once per attack, as the reference, then every
-(attack, defense) cell. Writes results/summary.json (DVC metrics), results/metrics.json (the
-headline numbers keyed for `dvc exp show`) and results/summary.md (the paper's Table 1 layout).
+(attack, defense) cell. Writes results/summary.json (every figure of every row),
+results/summary.md (the paper's Table 1 layout) and the DVC metrics results/asr/ and results/ca/
+(a file per defense, a key per attack).
 """
 from __future__ import annotations
 
@@ -66,6 +67,38 @@ def with_scan(row: dict, scans: dict) -> None:
                 "scan_residual_success": found.get("residual_success")})
 
 
+def on_tune_runs(rows: list[dict], upstream: dict) -> dict[str, dict[str, float]]:
+    """Each cell's test CA, test ASR and CA drop against its undefended model, keyed by the cell's
+    tune run, so that MLflow's runs table and compare view rank the defenses directly."""
+    undefended = {r["attack"]: r["clean_accuracy"] for r in rows if r["kind"] == "none" and r["defense"] != CLEAN_ROW}
+    logged = {}
+    for row in rows:
+        run_id = upstream.get(f"upstream.tune.{row['attack']}-{row['defense']}")
+        if run_id:
+            logged[run_id] = {"test_clean_accuracy": row["clean_accuracy"],
+                              "test_attack_success_rate": row["attack_success_rate"]}
+            if row["attack"] in undefended:
+                logged[run_id]["test_ca_drop"] = undefended[row["attack"]] - row["clean_accuracy"]
+    return logged
+
+
+def as_columns(rows: list[dict]) -> dict[str, list]:
+    """The matrix as the evaluate run's table: one row per (attack, defense)."""
+    keys = ("attack", "defense", "clean_accuracy", "attack_success_rate", "scan_flagged")
+    return {key: [row.get(key) for row in rows] for key in keys}
+
+
+def write_metrics(rows: list[dict]) -> None:
+    """results/asr/<defense>.json and results/ca/<defense>.json, each {attack: value}, so that
+    `dvc metrics show` prints a row per defense and a column per attack, and `dvc metrics diff`
+    names each cell."""
+    for folder, key in ((paths.ASR_METRICS, "attack_success_rate"), (paths.CA_METRICS, "clean_accuracy")):
+        with artifacts.atomic_dir(folder) as staging:
+            for defense in dict.fromkeys(row["defense"] for row in rows):
+                artifacts.write_json(staging / f"{defense}.json",
+                                     {row["attack"]: row[key] for row in rows if row["defense"] == defense})
+
+
 def run(params: Params) -> str:
     artifacts.check_writable(paths.RESULTS)
     scorer = Scorer(params, "test", diagnostics=True)
@@ -87,22 +120,21 @@ def run(params: Params) -> str:
     with stage_run("evaluate", params.tracking.experiment, logged, upstream) as log:
         paths.RESULTS.mkdir(exist_ok=True)
         artifacts.write_json(paths.SUMMARY, {"rows": rows})
-        # The headline numbers keyed attack -> defense, because `dvc exp show` cannot display lists.
-        artifacts.write_json(paths.METRICS, {
-            a: {r["defense"]: {k: r[k] for k in keys if r.get(k) is not None} for r in rows if r["attack"] == a}
-            for a in params.run.attacks})
+        write_metrics(rows)
+        table = markdown(rows, params.run.attacks, [CLEAN_ROW, *params.run.defenses],
+                         list(params.data.transfer_sets()),
+                         [a for a in params.run.attacks if params.attacks[a].options.get("text_trigger")])
         artifacts.write_text(paths.RESULTS / "summary.md",
-                             markdown(rows, params.run.attacks, [CLEAN_ROW, *params.run.defenses],
-                                      list(params.data.transfer_sets()),
-                                      [a for a in params.run.attacks if params.attacks[a].options.get("text_trigger")])
-                             + "\n"
-                             + calibration.markdown(calibration.compare(rows, calibration.paper_cells())))
+                             table + "\n" + calibration.markdown(calibration.compare(rows, calibration.paper_cells())))
         for row in rows:
             for key in keys:
                 if row.get(key) is not None:
                     log.metric(f"{row['attack']}.{row['defense']}.{key}", row[key])
         log.artifact(paths.SUMMARY)
         log.artifact(paths.RESULTS / "summary.md")
+        log.table(as_columns(rows), "matrix.json")
+        log.describe(table.split("\n## ", 1)[0] + "\n\nEvery table: the summary.md artifact.")
+        log.onto(on_tune_runs(rows, upstream))
     cells = len(rows) - len(params.run.attacks)
     worst = max((r for r in rows if r["defense"] == "rvpt"), key=lambda r: r["attack_success_rate"], default=None)
     note = f"; worst RVPT ASR {worst['attack_success_rate']:.3f} ({worst['attack']})" if worst else ""
