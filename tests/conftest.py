@@ -187,6 +187,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # the in-process tests of two workers share the cores the same way
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
     # Under `--dist loadgroup`, the tests that read the one reproduced smoke project run on the same
     # worker, so it is built once, not once per worker.

@@ -1,5 +1,6 @@
 """`mlflow server` over the store the smoke pipeline filled, driven in headless Chromium: the
-experiment page lists the pipeline's runs, and a tune run's artifacts include its prompts."""
+experiment page lists the pipeline's runs under its parent run, and a tune run's artifacts
+include its prompts."""
 import shutil
 
 import mlflow
@@ -31,6 +32,10 @@ def test_mlflow_ui_lists_the_pipeline_runs_and_the_prompts_artifact(reproduced, 
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1200})
         page.goto(f"{ui}/#/experiments/{experiment.experiment_id}/runs")
+        # The stage runs are folded under their pipeline's parent run; its expander opens them.
+        parent = page.locator("[role=gridcell]", has_text="pipeline ")
+        expect(parent.first).to_be_visible(timeout=60_000)
+        parent.first.get_by_role("button").click()
         for name in ("tune@badnet-rvpt", "tune@badclip-cleanclip", "evaluate", "pretrain_clean", "download"):
             expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=60_000)
         page.goto(f"{ui}/#/experiments/{experiment.experiment_id}/runs/{tune.info.run_id}/artifacts")
