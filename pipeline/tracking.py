@@ -125,21 +125,18 @@ class StageRun:
 
         mlflow.set_tag("mlflow.note.content", markdown[:8000])
 
-    def onto(self, run_metrics: dict[str, dict[str, float]]) -> int:
+    def onto(self, run_metrics: dict[str, dict[str, float]]) -> None:
         """Adds metrics to other runs (a cell's tune run, say), so that the runs table ranks them.
-        A run the store does not hold (made under another tracking URI) is skipped; returns how many
-        were written."""
+        A run the store does not hold (made under another tracking URI) is skipped."""
         import mlflow
         from mlflow.entities import Metric
 
-        client, now, written = mlflow.MlflowClient(), int(time.time() * 1000), 0
+        client, now = mlflow.MlflowClient(), int(time.time() * 1000)
         for run_id, metrics in run_metrics.items():
             try:
                 client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-                written += 1
             except mlflow.exceptions.MlflowException:
                 continue
-        return written
 
 
 # MLflow 3 opens an experiment without a kind in its GenAI layout; this one compares trained
@@ -153,8 +150,9 @@ EXPERIMENT_TAGS = {
 }
 
 
-def ensure_experiment(name: str, local_store: bool) -> None:
-    """Selects the experiment, creating it with artifacts under <repo>/mlruns for the local store.
+def ensure_experiment(name: str, local_store: bool) -> str:
+    """Selects the experiment (returning its id), creating it with artifacts under <repo>/mlruns
+    for the local store.
 
     MLflow would otherwise put them under the cwd at creation time, which for a first stage run
     by `dvc exp run --queue` is a temporary copy that DVC deletes.
@@ -170,6 +168,7 @@ def ensure_experiment(name: str, local_store: bool) -> None:
     for key, value in EXPERIMENT_TAGS.items():
         if key not in experiment.tags:
             mlflow.set_experiment_tag(key, value)
+    return experiment.experiment_id
 
 
 class Unlogged(StageRun):
@@ -190,8 +189,8 @@ class Unlogged(StageRun):
     def describe(self, markdown: str) -> None:
         pass
 
-    def onto(self, run_metrics: dict[str, dict[str, float]]) -> int:
-        return 0
+    def onto(self, run_metrics: dict[str, dict[str, float]]) -> None:
+        pass
 
 
 def close_orphans(stage: str, experiment: str) -> None:
@@ -215,13 +214,12 @@ def close_orphans(stage: str, experiment: str) -> None:
 PIPELINE_STAGE = "pipeline"
 
 
-def pipeline_parent(experiment: str, pipeline: str, tags: dict[str, str]) -> str:
+def pipeline_parent(experiment_id: str, pipeline: str, tags: dict[str, str]) -> str:
     """The run that groups one pipeline's stage runs (one per `dvc repro` or `dvc exp run` of the
     same code and params), created by the first stage that logs. It holds no work of its own."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
     query = f"tags.`rvpt.pipeline` = '{pipeline}' and tags.`rvpt.stage` = '{PIPELINE_STAGE}'"
     found = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"], max_results=1)
     if found:
@@ -242,7 +240,7 @@ def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = Non
 
     local_store = ENV_URI not in os.environ  # read first: set_tracking_uri writes that variable
     mlflow.set_tracking_uri(tracking_uri())
-    ensure_experiment(experiment, local_store)
+    experiment_id = ensure_experiment(experiment, local_store)
     close_orphans(stage, experiment)
     commit = git_commit()
     all_tags = {
@@ -257,7 +255,7 @@ def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = Non
     all_tags = {key: value for key, value in all_tags.items() if value != ""}  # e.g. dvc.exp outside an experiment
     name = all_tags["dvc.stage"] if all_tags["dvc.stage"] != "manual" else stage
     shared = {key: all_tags[key] for key in ("rvpt.pipeline", "dvc.exp", "mlflow.source.git.commit") if key in all_tags}
-    parent = pipeline_parent(experiment, all_tags["rvpt.pipeline"], shared)
+    parent = pipeline_parent(experiment_id, all_tags["rvpt.pipeline"], shared)
     with mlflow.start_run(run_name=name, tags=all_tags, parent_run_id=parent) as run:
         handle = StageRun(run)
         mlflow.log_params(flatten(params))

@@ -40,9 +40,13 @@ def _section(model_cfg: dict, key: str) -> dict:
     return section
 
 
+def _positive(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def _pair(value, name: str) -> tuple[int, int]:
     pair = tuple(value) if isinstance(value, (list, tuple)) else (value, value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
+    if len(pair) != 2 or not all(_positive(v) for v in pair):
         raise ValueError(f"vision_cfg.{name} is not a positive integer or a pair of them")
     return pair
 
@@ -61,7 +65,7 @@ def vision_depth(model_cfg: dict) -> int | None:
     if vision is None:
         return None
     layers = vision["layers"]
-    if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
+    if not _positive(layers):
         raise ValueError("vision_cfg.layers is not a positive integer")
     return layers
 
@@ -78,6 +82,6 @@ def patch_tokens(model_cfg: dict) -> int | None:
 
 def context_length(model_cfg: dict) -> int:
     length = _section(model_cfg, "text_cfg").get("context_length", CONTEXT_DEFAULT)
-    if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+    if not _positive(length):
         raise ValueError("text_cfg.context_length is not a positive integer")
     return length
