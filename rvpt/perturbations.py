@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from rvpt.attacks.patch import splitmix64
+from rvpt.attacks.base import splitmix64
 from rvpt.diagnostics import PixelNoise
 
 KINDS = ("noise", "blur", "jitter", "flip")

@@ -134,3 +134,45 @@ def test_a_split_triggered_in_batches_equals_it_triggered_whole(kind):
         assert torch.equal(batched, whole), cuts
     if kind == "badnet":  # and the spots are spread, not all alike
         assert len({tuple(c) for c in attack.corners(torch.arange(37)).tolist()}) > 20
+
+
+def test_a_fresh_noise_patch_differs_per_image_and_repeats_per_position():
+    """The public code bases' BadNet: each image's mean colour plus its own normal noise, at a random spot."""
+    attack = attacks.build("badnet", 32, size=0.25, location="random", pattern="fresh", seed=5)
+    images = torch.rand(40, 3, 32, 32)
+    out = attack.apply(images)
+    corners = attack.corners(torch.arange(40)).tolist()
+    patches = torch.stack([o[:, y:y + 8, x:x + 8] for o, (y, x) in zip(out, corners)])
+    assert not torch.equal(patches[0], patches[1])
+    assert patches.min() >= 0 and patches.max() <= 1
+    # Mean colour (0.5 here) plus N(0, 1): P(|z| > 0.5) = 61.7% of the pixels clip to 0 or 1.
+    clipped = ((patches == 0) | (patches == 1)).float().mean()
+    assert 0.58 < clipped < 0.66, clipped
+    # Batched in pieces, at their positions in the split, the images get the same triggers.
+    pieces = torch.cat([attack.apply(images[i:i + 7], torch.arange(i, min(i + 7, 40))) for i in range(0, 40, 7)])
+    assert torch.equal(pieces, out)
+    assert torch.equal(out, attacks.build("badnet", 32, size=0.25, location="random", pattern="fresh",
+                                          seed=5).apply(images))
+    assert not torch.equal(out, attacks.build("badnet", 32, size=0.25, location="random", pattern="fresh",
+                                              seed=6).apply(images))
+    untouched = torch.ones(40, 32, 32, dtype=torch.bool)
+    for mask, (y, x) in zip(untouched, corners):
+        mask[y:y + 8, x:x + 8] = False
+    assert torch.equal(out.permute(1, 0, 2, 3)[:, untouched], images.permute(1, 0, 2, 3)[:, untouched])
+
+
+def test_fresh_blend_noise_differs_per_image_at_the_exact_ratio():
+    attack = attacks.build("blended", 16, ratio=0.2, pattern="fresh", seed=3)
+    images = torch.rand(6, 3, 16, 16)
+    out = attack.apply(images, torch.arange(10, 16))
+    noise = (out - 0.8 * images) / 0.2
+    assert noise.min() >= -1e-5 and noise.max() < 1 + 1e-5
+    assert (noise[0] - noise[1]).abs().mean() > 0.2  # independent uniforms differ by 1/3 on average
+    assert noise.mean().item() == pytest.approx(0.5, abs=0.03)
+    assert torch.equal(out[2:3], attack.apply(images[2:3], torch.tensor([12])))
+
+
+@pytest.mark.parametrize("kind", ["badnet", "blended"])
+def test_an_unknown_noise_pattern_is_refused(kind):
+    with pytest.raises(ValueError, match="pattern must be one of fixed, fresh"):
+        attacks.build(kind, 16, pattern="stripes")

@@ -1,6 +1,7 @@
 """What every backdoor attack is: a trigger on images in [0, 1], and a poisoning plan."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -54,3 +55,43 @@ class Attack:
 
 def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+PATTERNS = ("fixed", "fresh")
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def check_pattern(pattern: str) -> str:
+    if pattern not in PATTERNS:
+        raise ValueError(f"pattern must be one of {', '.join(PATTERNS)}, got {pattern!r}")
+    return pattern
+
+
+def splitmix64(values):
+    """A well-spread 64-bit hash of each unsigned value (Steele et al.'s SplitMix64 finaliser)."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(values, dtype=np.uint64) + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def image_keys(seed: int, index: torch.Tensor) -> np.ndarray:
+    """One 64-bit key per image, a hash of the seed and the image's position in its split."""
+    return splitmix64(splitmix64(np.uint64(seed)) ^ index.cpu().numpy().astype(np.uint64))
+
+
+def image_uniform(seed: int, index: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """[len(index), *shape] uniforms in [0, 1): noise drawn afresh for every image, yet a pure
+    function of the seed and the image's position, so any batching triggers an image the same way."""
+    count = int(np.prod(shape))
+    with np.errstate(over="ignore"):
+        streams = image_keys(seed, index)[:, None] + np.arange(count, dtype=np.uint64) * _GOLDEN
+    bits = splitmix64(streams) >> np.uint64(11)  # 53 bits: every value exact in float64
+    return torch.from_numpy(bits.astype(np.float64) * 2.0 ** -53).float().view(len(index), *shape)
+
+
+def image_normal(seed: int, index: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Standard normal noise per image (Box-Muller over image_uniform's stream)."""
+    u = image_uniform(seed, index, (2, *shape))
+    return torch.sqrt(-2 * torch.log1p(-u[:, 0])) * torch.cos(2 * torch.pi * u[:, 1])

@@ -8,29 +8,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rvpt.attacks.base import Attack, seeded
+from rvpt.attacks.base import Attack, check_pattern, image_keys, image_normal, seeded
 
 LOCATIONS = ("corner", "centre", "random")
-
-
-def splitmix64(values):
-    """A well-spread 64-bit hash of each unsigned value (Steele et al.'s SplitMix64 finaliser)."""
-    with np.errstate(over="ignore"):
-        z = np.asarray(values, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
 
 
 class PatchAttack(Attack):
     """A patch of side `size` x image side at the bottom-right corner, the centre, or a random spot.
 
-    The patch pixels are drawn once from `seed` and are the same on every image: they are the trigger.
+    pattern "fixed": the patch pixels are drawn once from `seed` and are the same on every image.
+    pattern "fresh": every image gets its own noise, its mean colour plus standard normal noise,
+    clipped to [0, 1], as the public CLIP-backdoor code bases (CleanCLIP, BadCLIP) build BadNet:
+    the trigger is then "a noisy square", not one pattern.
     """
 
     name = "patch"
 
-    def __init__(self, image_size: int, size: float = 0.1875, location: str = "random", seed: int = 0):
+    def __init__(self, image_size: int, size: float = 0.1875, location: str = "random", seed: int = 0,
+                 pattern: str = "fixed"):
         if location not in LOCATIONS:
             raise ValueError(f"location must be one of {', '.join(LOCATIONS)}, got {location!r}")
         if not 0 < size <= 1:
@@ -39,6 +34,7 @@ class PatchAttack(Attack):
         self.image_size = image_size
         self.location = location
         self.seed = seed
+        self.pattern = check_pattern(pattern)
         self.patch = torch.rand(3, self.side, self.side, generator=seeded(seed))
 
     def corners(self, index: torch.Tensor) -> torch.Tensor:
@@ -53,12 +49,13 @@ class PatchAttack(Attack):
             return torch.full((len(index), 2), last, dtype=torch.long)
         if self.location == "centre":
             return torch.full((len(index), 2), last // 2, dtype=torch.long)
-        keys = splitmix64(splitmix64(np.uint64(self.seed)) ^ index.cpu().numpy().astype(np.uint64))
+        keys = image_keys(self.seed, index)
         spots = np.stack([keys % np.uint64(last + 1), (keys >> np.uint64(32)) % np.uint64(last + 1)], axis=1)
         return torch.from_numpy(spots.astype(np.int64))
 
     def paste(self, images: torch.Tensor, patch: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """Differentiable in `patch`, so BadCLIP can optimise it through this very function."""
+        """Pastes one patch [3, s, s] on every image, or one per image [N, 3, s, s]. Differentiable
+        in `patch`, so BadCLIP can optimise it through this very function."""
         out = images.clone()
         if self.location != "random":
             y, x = self.corners(torch.zeros(1))[0].tolist()
@@ -66,11 +63,15 @@ class PatchAttack(Attack):
             return out
         index = torch.arange(len(images)) if index is None else index
         for i, (y, x) in enumerate(self.corners(index).tolist()):
-            out[i, :, y:y + self.side, x:x + self.side] = patch
+            out[i, :, y:y + self.side, x:x + self.side] = patch[i] if patch.dim() == 4 else patch
         return out
 
     def apply(self, images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        return self.paste(images, self.patch, index)
+        if self.pattern == "fixed":
+            return self.paste(images, self.patch, index)
+        index = torch.arange(len(images)) if index is None else index
+        noise = image_normal(self.seed, index, (3, self.side, self.side)).to(images.device, images.dtype)
+        return self.paste(images, (images.mean((2, 3), keepdim=True) + noise).clamp(0, 1), index)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"patch": self.patch}
