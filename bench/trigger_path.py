@@ -10,6 +10,12 @@ On the first `--images` test images, for each block's CLS token it prints:
   not the target, mean cos(CLS, target-class centroid) - mean cos(CLS, own-class centroid), the
   centroids taken from that encoder's clean CLS tokens. Positive: the trigger has carried the
   image towards the target at that block.
+Then which tower carries the backdoor: zero-shot CA and ASR with the image and the text tower
+taken from the clean or the backdoored model, and the backdoored image tower's mean trigger
+shift on the unit sphere (triggered minus clean embedding, over non-target images): its length,
+the share of it inside the span of the clean class centroids (what a linear head trained on
+clean images reads), and its cosine with the target's text direction (its class embedding
+minus the mean class embedding).
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from pipeline.evaluation import load_attack, load_backdoored, open_split
 from rvpt import models
 from rvpt.defenses import KINDS, ZeroShot
 from rvpt.images import normalize
-from rvpt.zeroshot import unit
+from rvpt.zeroshot import class_embeddings, unit
 
 
 def first_images(params, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,6 +55,28 @@ def target_pull(clean: torch.Tensor, triggered: torch.Tensor, labels: torch.Tens
 
 
 @torch.no_grad()
+def towers(clean_model, backdoored, tokenize, params, clean_in, triggered_in, labels, target) -> None:
+    names, keep = params.data.class_names, labels != target
+    texts = {key: class_embeddings(m, tokenize, names, params.model.templates)
+             for key, m in (("clean", clean_model), ("backdoored", backdoored))}
+    print("\n| image tower | text tower | CA | ASR |\n|---|---|---|---|")
+    for image_key, model in (("clean", clean_model), ("backdoored", backdoored)):
+        clean = F.normalize(model.encode_image(clean_in), dim=-1)
+        triggered = F.normalize(model.encode_image(triggered_in), dim=-1)
+        for text_key, text in texts.items():
+            ca = ((clean @ text.T).argmax(-1) == labels).float().mean()
+            asr = ((triggered[keep] @ text.T).argmax(-1) == target).float().mean()
+            print(f"| {image_key} | {text_key} | {ca:.3f} | {asr:.3f} |")
+    shift = (triggered - clean)[keep].mean(0)
+    centroids = torch.stack([clean[labels == c].mean(0) for c in range(len(names))])
+    basis, _ = torch.linalg.qr((centroids - centroids.mean(0)).T)
+    target_direction = texts["backdoored"][target] - texts["backdoored"].mean(0)
+    print(f"\nbackdoored image tower: mean trigger shift {shift.norm():.3f} long, "
+          f"{(basis.T @ shift).norm() / shift.norm():.3f} of it in the class-centroid span, "
+          f"cosine {F.cosine_similarity(shift, target_direction, 0):.3f} with the target's text direction")
+
+
+@torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("attacks", nargs="*")
@@ -58,6 +86,7 @@ def main() -> None:
     torch.set_num_threads(params.threads)
     images, labels, index = first_images(params, args.images)
     tokenize = models.tokenizer(params.model.config)
+    clean_model, _ = models.load(paths.CLEAN_MODEL)
     for name in args.attacks or params.run.attacks:
         model, _ = load_backdoored(name)
         attack = load_attack(params, name)
@@ -81,6 +110,7 @@ def main() -> None:
             moved = "-" if share[block].isnan() else f"{share[block]:.3f}"  # unprompted block: no offset
             print(f"| {block} | {fr[block]:.3f} | {moved} | {pull['frozen'][block]:+.3f} | "
                   f"{pull['rvpt'][block]:+.3f} | {pull['vpt'][block]:+.3f} |")
+        towers(clean_model, model, tokenize, params, clean_in, triggered_in, labels, target)
 
 
 if __name__ == "__main__":
