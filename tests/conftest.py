@@ -1,5 +1,6 @@
 import contextlib
 import copy
+import fcntl
 import functools
 import hashlib
 import http.server
@@ -171,9 +172,20 @@ def project(tmp_path):
 
 @pytest.fixture(scope="session")
 def reproduced(tmp_path_factory) -> Path:
-    """The smoke matrix after one `dvc repro` in a fresh project; copy it (`copy_of`) before changing it."""
-    root = make_project(tmp_path_factory.mktemp("reproduced") / "project", smoke_params())
-    run(["dvc", "repro"], root)
+    """The smoke matrix after one `dvc repro` in a fresh project; copy it (`copy_of`) before changing it.
+    Built once per test run: under pytest-xdist the first worker to ask builds it in the folder
+    all workers' temporary folders share, and the others wait for it."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root, done = shared / "reproduced" / "project", shared / "reproduced.done"
+    with open(shared / "reproduced.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(root.parent, ignore_errors=True)  # what a worker that failed left behind
+            root.parent.mkdir(parents=True)
+            make_project(root, smoke_params())
+            run(["dvc", "repro"], root)
+            done.touch()
     return root
 
 
@@ -185,15 +197,6 @@ def copy_of(project: Path, tmp_path: Path) -> Path:
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # the in-process tests of two workers share the cores the same way
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items):
-    # Under `--dist loadgroup`, the tests that read the one reproduced smoke project run on the same
-    # worker, so it is built once, not once per worker.
-    for item in items:
-        if "reproduced" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("reproduced"))
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ import shutil
 
 import mlflow
 import pytest
-from conftest import mlflow_server
+from conftest import copy_of, mlflow_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian package `chromium`; "
@@ -16,15 +16,20 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 
 
 @pytest.fixture
-def ui(reproduced):
-    with mlflow_server(f"sqlite:///{reproduced / 'mlflow.db'}", reproduced) as url:
+def served_project(reproduced, tmp_path):
+    return copy_of(reproduced, tmp_path)  # the server may write to its store while other tests copy it
+
+
+@pytest.fixture
+def ui(served_project):
+    with mlflow_server(f"sqlite:///{served_project / 'mlflow.db'}", served_project) as url:
         yield url
 
 
-def test_mlflow_ui_lists_the_pipeline_runs_and_the_prompts_artifact(reproduced, ui):
+def test_mlflow_ui_lists_the_pipeline_runs_and_the_prompts_artifact(served_project, ui):
     from playwright.sync_api import expect, sync_playwright
 
-    client = mlflow.MlflowClient(f"sqlite:///{reproduced / 'mlflow.db'}")
+    client = mlflow.MlflowClient(f"sqlite:///{served_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("smoke")
     runs = client.search_runs([experiment.experiment_id])
     tune = next(r for r in runs if r.data.tags.get("dvc.stage") == "tune@badnet-rvpt")

@@ -116,9 +116,14 @@ def test_shards_pipeline(tmp_path):
     params["data"]["preload_max_gib"] = 0  # pretraining decodes batch by batch, in a DataLoader worker
     params["compute"]["workers"] = 1
     project = make_project(tmp_path / "project", params)
-    run(["dvc", "repro"], project)
+    # Up to the backdoored model: what follows reads the downstream splits, as test_image_folder_pipeline's do.
+    run(["dvc", "repro", "pretrain@badnet"], project)
     attack = json.loads((project / "data" / "poisoned" / "badnet" / "attack.json").read_text())
     assert attack["poisoned"] == 30  # 5% of 600, target captions copied from pairs that name "three"
     poisoned = pq.read_table(project / "data" / "poisoned" / "badnet" / "corpus").to_pydict()
     assert all("three" in c for c, p in zip(poisoned["caption"], poisoned["poisoned"]) if p)
-    check_results(project, [])
+    for model in ("clean", "badnet"):
+        steps = params["pretrain"]["clean" if model == "clean" else "poisoned"]["steps"]
+        assert len((project / "models" / model / "loss.csv").read_text().splitlines()) == 1 + steps
+        open_clip.create_model(f"local-dir:{project / 'models' / model}")
+    assert "up to date" in run(["dvc", "status", "pretrain@badnet"], project).stdout

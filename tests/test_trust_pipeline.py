@@ -117,10 +117,10 @@ def killed_midway(project, checkpoint, target="pretrain_clean", command="pretrai
 def test_pretrain_killed_midway_resumes_to_the_same_model(tmp_path):
     params = smoke_params(pretrain={"clean": {"steps": 400}, "checkpoint_every": 40})
     reference = make_project(tmp_path / "reference", params)
+    run(["dvc", "repro", "download"], reference)
+    project = copy_of(reference, tmp_path)
     run(["dvc", "repro", "pretrain_clean"], reference)
 
-    project = make_project(tmp_path / "project", params)
-    run(["dvc", "repro", "download"], project)
     checkpoint = project / ".rvpt" / "checkpoints" / "pretrain-clean.pt"
     code, output = killed_midway(project, checkpoint)
     assert code != 0, output
