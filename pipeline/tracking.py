@@ -125,6 +125,12 @@ class StageRun:
 
         mlflow.set_tag("mlflow.note.content", markdown[:8000])
 
+    def model(self, **card) -> None:
+        """The defended model as an MLflow model (pipeline/model_registry.py), registered by name."""
+        from pipeline.model_registry import log_defended
+
+        log_defended(**card)
+
     def onto(self, run_metrics: dict[str, dict[str, float]]) -> None:
         """Adds metrics to other runs (a cell's tune run, say), so that the runs table ranks them.
         A run the store does not hold (made under another tracking URI) is skipped."""
@@ -187,6 +193,9 @@ class Unlogged(StageRun):
         pass
 
     def describe(self, markdown: str) -> None:
+        pass
+
+    def model(self, **card) -> None:
         pass
 
     def onto(self, run_metrics: dict[str, dict[str, float]]) -> None:

@@ -88,6 +88,9 @@ def run(params: Params, attack_name: str, defense_name: str) -> str:
             artifacts.write_json(out / "tune.json", {**summary, "mlflow_run_id": log.id})
             for path in sorted(out.iterdir()):
                 log.artifact(path)
+        log.model(backbone=paths.backdoored(attack_name), defense=paths.defended(attack_name, defense_name),
+                  kind=spec.kind, classes=params.data.class_names, templates=params.model.templates,
+                  image_size=params.data.image_size, registered_name=f"rvpt-{attack_name}-{defense_name}")
         for key, values in history.items():
             log.series(key, values, max(1, len(values) // 500))
         for key, value in summary.items():
