@@ -30,6 +30,7 @@ from pipeline.evaluation import load_attack, load_backdoored, open_split
 from rvpt import models
 from rvpt.defenses import KINDS, ZeroShot
 from rvpt.images import normalize
+from rvpt.poisoning import with_text_trigger
 from rvpt.zeroshot import class_embeddings, unit
 
 
@@ -55,9 +56,10 @@ def target_pull(clean: torch.Tensor, triggered: torch.Tensor, labels: torch.Tens
 
 
 @torch.no_grad()
-def towers(clean_model, backdoored, tokenize, params, clean_in, triggered_in, labels, target) -> None:
+def towers(clean_model, backdoored, tokenize, params, clean_in, triggered_in, labels, target, text_trigger) -> None:
     names, keep = params.data.class_names, labels != target
-    texts = {key: class_embeddings(m, tokenize, names, params.model.templates)
+    templates = [with_text_trigger(t, text_trigger) for t in params.model.templates]  # TrojVQA's word, as scored
+    texts = {key: class_embeddings(m, tokenize, names, templates)
              for key, m in (("clean", clean_model), ("backdoored", backdoored))}
     print("\n| image tower | text tower | CA | ASR |\n|---|---|---|---|")
     for image_key, model in (("clean", clean_model), ("backdoored", backdoored)):
@@ -110,7 +112,7 @@ def main() -> None:
             moved = "-" if share[block].isnan() else f"{share[block]:.3f}"  # unprompted block: no offset
             print(f"| {block} | {fr[block]:.3f} | {moved} | {pull['frozen'][block]:+.3f} | "
                   f"{pull['rvpt'][block]:+.3f} | {pull['vpt'][block]:+.3f} |")
-        towers(clean_model, model, tokenize, params, clean_in, triggered_in, labels, target)
+        towers(clean_model, model, tokenize, params, clean_in, triggered_in, labels, target, attack.text_trigger)
 
 
 if __name__ == "__main__":
