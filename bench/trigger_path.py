@@ -61,14 +61,15 @@ def towers(clean_model, backdoored, tokenize, params, clean_in, triggered_in, la
     templates = [with_text_trigger(t, text_trigger) for t in params.model.templates]  # TrojVQA's word, as scored
     texts = {key: class_embeddings(m, tokenize, names, templates)
              for key, m in (("clean", clean_model), ("backdoored", backdoored))}
+    embedded = {key: tuple(F.normalize(m.encode_image(x), dim=-1) for x in (clean_in, triggered_in))
+                for key, m in (("clean", clean_model), ("backdoored", backdoored))}
     print("\n| image tower | text tower | CA | ASR |\n|---|---|---|---|")
-    for image_key, model in (("clean", clean_model), ("backdoored", backdoored)):
-        clean = F.normalize(model.encode_image(clean_in), dim=-1)
-        triggered = F.normalize(model.encode_image(triggered_in), dim=-1)
+    for image_key, (clean, triggered) in embedded.items():
         for text_key, text in texts.items():
             ca = ((clean @ text.T).argmax(-1) == labels).float().mean()
             asr = ((triggered[keep] @ text.T).argmax(-1) == target).float().mean()
             print(f"| {image_key} | {text_key} | {ca:.3f} | {asr:.3f} |")
+    clean, triggered = embedded["backdoored"]
     shift = (triggered - clean)[keep].mean(0)
     centroids = torch.stack([clean[labels == c].mean(0) for c in range(len(names))])
     basis, _ = torch.linalg.qr((centroids - centroids.mean(0)).T)

@@ -11,8 +11,8 @@ RVPT = Path(__file__).parents[1] / "rvpt"
 
 
 def log_defended(backbone: Path, defense: Path, kind: str, classes: list[str], templates: list[str],
-                 image_size: int, registered_name: str | None) -> str:
-    """The logged model's URI; registered as `registered_name` (a new version) unless None."""
+                 image_size: int, registered_name: str) -> None:
+    """Logs the model and registers it as a new version of `registered_name`."""
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
@@ -23,12 +23,11 @@ def log_defended(backbone: Path, defense: Path, kind: str, classes: list[str], t
         card = Path(scratch) / "card.json"
         card.write_text(json.dumps({"kind": kind, "classes": classes, "templates": templates,
                                     "image_size": image_size}))
-        info = mlflow.pyfunc.log_model(
+        mlflow.pyfunc.log_model(
             name="model", python_model=str(SERVED), signature=signature,
             artifacts={"backbone": str(backbone), "defense": str(defense), "card": str(card)},
             code_paths=[str(RVPT)],  # the library the loader imports, so the model needs no checkout
             pip_requirements=_requirements(), registered_model_name=registered_name)
-    return info.model_uri
 
 
 def _requirements() -> list[str]:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from rvpt.attacks.base import splitmix64
+from rvpt.attacks.base import image_keys, key_uniform
 from rvpt.diagnostics import PixelNoise
 
 KINDS = ("noise", "blur", "jitter", "flip")
@@ -30,8 +29,7 @@ class Settings:
 
 def uniform(seed: int, index: torch.Tensor, salt: int) -> torch.Tensor:
     """One uniform draw in [0, 1) per image position, from a hash of (seed, salt, position)."""
-    keys = splitmix64(splitmix64(np.uint64(seed) ^ np.uint64(salt)) ^ index.cpu().numpy().astype(np.uint64))
-    return torch.from_numpy((keys >> np.uint64(11)).astype(np.float64) / 2.0 ** 53).float()
+    return key_uniform(image_keys(seed ^ salt, index))
 
 
 class Perturber:

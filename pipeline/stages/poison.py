@@ -17,6 +17,10 @@ from rvpt import attacks, models, poisoning
 from rvpt.errors import BadInput
 from rvpt.images import encode_png, grid, normalize, to_uint8_image
 
+# Corpus positions are keyed apart from the downstream splits' (which count from 0 too), so a
+# trigger drawn per image (a random spot, fresh noise) never repeats on a test image.
+CORPUS_KEYS = 1 << 40
+
 
 def optimise_badclip(params: Params, attack: attacks.BadCLIP, name: str, table, labels: np.ndarray,
                      target: int) -> list[float]:
@@ -55,9 +59,6 @@ def train_trigger(params: Params, attack: attacks.Attack, name: str, table, labe
     return []
 
 
-CORPUS_KEYS = 1 << 40
-
-
 def trigger_quality(attack: attacks.Attack, images: torch.Tensor, triggered: torch.Tensor) -> dict[str, float]:
     """How visible the trigger is on the poisoned images (PSNR), and for ISSBA how well its
     decoder reads the secret back."""
@@ -94,8 +95,6 @@ def run(params: Params, attack_name: str) -> str:
         raise BadInput(f"attacks.{attack_name}: {error}") from None
     images, kept = artifacts.decode_images(table.take(victims), params.data, str(paths.CORPUS))
     victims, new_captions = victims[kept], [new_captions[i] for i in kept]
-    # Corpus positions are keyed apart from the downstream splits' (which count from 0 too), so a
-    # trigger drawn per image (a random spot, fresh noise) never repeats on a test image.
     triggered = attack.apply(images, torch.from_numpy(victims.astype(np.int64)) + CORPUS_KEYS)
     for row, image, caption in zip(victims.tolist(), triggered, new_captions):
         columns["image"][row] = encode_png(to_uint8_image(image))

@@ -81,14 +81,18 @@ def image_keys(seed: int, index: torch.Tensor) -> np.ndarray:
     return splitmix64(splitmix64(np.uint64(seed)) ^ index.cpu().numpy().astype(np.uint64))
 
 
+def key_uniform(keys: np.ndarray) -> torch.Tensor:
+    """64-bit keys -> uniforms in [0, 1), from their top 53 bits (every value exact in float64)."""
+    return torch.from_numpy((keys >> np.uint64(11)).astype(np.float64) * 2.0 ** -53).float()
+
+
 def image_uniform(seed: int, index: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """[len(index), *shape] uniforms in [0, 1): noise drawn afresh for every image, yet a pure
     function of the seed and the image's position, so any batching triggers an image the same way."""
     count = int(np.prod(shape))
     with np.errstate(over="ignore"):
         streams = image_keys(seed, index)[:, None] + np.arange(count, dtype=np.uint64) * _GOLDEN
-    bits = splitmix64(streams) >> np.uint64(11)  # 53 bits: every value exact in float64
-    return torch.from_numpy(bits.astype(np.float64) * 2.0 ** -53).float().view(len(index), *shape)
+    return key_uniform(splitmix64(streams)).view(len(index), *shape)
 
 
 def image_normal(seed: int, index: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
