@@ -216,17 +216,20 @@ def defend(model: str = typer.Option(..., help="Untrusted model: an open_clip lo
            config: Optional[str] = CONFIG, sha256: Optional[str] = SHA256, data_sha256: Optional[str] = DATA_SHA256,
            classnames: Optional[Path] = CLASSNAMES,
            defense: Optional[str] = typer.Option(None, help="Defense name from params.yaml (default: defend.defense)."),
+           track: bool = typer.Option(True, "--track/--no-track",
+                                      help="Log an MLflow run and register the defended model as "
+                                           "rvpt-defend-<defense> (in MLFLOW_TRACKING_URI, else ./mlflow.db)."),
            cache: Path = CACHE, params: Path = PARAMS):
     """Defend a model you were handed: tune RVPT on your few-shot images, report CA before and after.
 
     With defend.scan, also scans the model for a backdoor before and after (as `rvpt scan`). Runs outside
-    the DVC pipeline and logs nothing to MLflow. Nothing in the model is unpickled.
+    the DVC pipeline; its MLflow run stands alone, not under a pipeline's. Nothing in the model is unpickled.
     """
     from pipeline import defend as command
 
     defense = plain(defense, "--defense")
     execute("defend", params, {"defend.defense": ("--defense", defense)},
-            lambda p: command.run(p, model, data, out, config, sha256, data_sha256, classnames, cache),
+            lambda p: command.run(p, model, data, out, config, sha256, data_sha256, classnames, cache, track),
             label="rvpt defend", tracked=False)
 
 
@@ -249,8 +252,10 @@ def scan(model: str = typer.Option(..., help="Untrusted model, as for `rvpt defe
 
 
 from pipeline.cli_profile import profile_app  # noqa: E402  (the commands above come first in --help)
+from pipeline.cli_ui import ui  # noqa: E402
 
 app.add_typer(profile_app, name="profile")
+app.command()(ui)
 
 
 def invoke(argv: list[str] | None = None) -> int:

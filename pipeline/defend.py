@@ -8,6 +8,7 @@ for whole-model defenses, the input one otherwise) plus what the defense trained
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -15,10 +16,11 @@ import numpy as np
 import open_clip
 import torch
 
-from pipeline import artifacts, defending, sources
+from pipeline import artifacts, defending, sources, tracking
 from pipeline.params import Params
 from pipeline.params_data import check_names
 from pipeline.scanning import scanning
+from pipeline.tracking import Unlogged
 from rvpt import checkpoint, compute, metrics, models, scan
 from rvpt.defenses import DefenderData, ZeroShot
 from rvpt.errors import BadInput
@@ -117,13 +119,19 @@ def read_small_text(path: Path, limit: int = 1 << 20) -> str:
 
 
 def run(params: Params, model_source: str, data_source: str, out: Path, config: str | None,
-        model_sha256: str | None, data_sha256: str | None, names_file: Path | None, cache: Path) -> str:
+        model_sha256: str | None, data_sha256: str | None, names_file: Path | None, cache: Path,
+        track: bool = True) -> str:
+    """Defends the model, writes --out, and (with `track`) logs an MLflow run and registers the
+    defended model as `rvpt-defend-<defense>`, in the store stages use (MLFLOW_TRACKING_URI, or
+    ./mlflow.db)."""
     spec = params.defenses[params.defend.defense]
     if spec.kind == "cleanclip" and spec.pairs == "pairs":
         raise BadInput(f"defend.defense: {params.defend.defense!r} needs image-text pairs; use pairs: fewshot")
     if out.exists() and not (out / "defend.json").is_file():
         raise BadInput(f"--out {out}: exists and is not an earlier `rvpt defend` output; it would be replaced")
     artifacts.check_writable(out, "--out")
+    if track:
+        tracking.check_reachable(params.tracking.timeout_s)
     timeout = params.defend.download_timeout_s
     model, model_cfg, weights = load_model(model_source, config, model_sha256, cache, timeout)
     depth = models.vision_depth(model)
@@ -164,14 +172,24 @@ def run(params: Params, model_source: str, data_source: str, out: Path, config: 
         report["scan_before"], report["scan_after"] = (result.report() for result, _ in scanned.values())
         # Did the defense work? The trigger inverted before it, tried on the defended model.
         report["residual_success"] = scan.suspect_success(first, defended, *held, params.evaluate.batch_size)
-    with artifacts.atomic_dir(out) as folder:
-        # The input model, as safetensors; a whole-model defense overwrites it with its own.
-        models.save(model, model_cfg, folder)
-        defending.save(params, params.defend.defense, defended, history, folder, model_cfg,
-                       {"defense": params.defend.defense, "kind": spec.kind})
-        artifacts.write_json(folder / "defend.json", report)
-        for when, (result, png) in scanned.items() if params.defend.scan else ():
-            (folder / f"scan_{when}.png").write_bytes(png)
+    logged = {"defend": params.defend.model_dump(), "defense": spec.model_dump(), "seed": params.seed}
+    with tracking.stage_run("defend", params.tracking.experiment, logged, {"defense": params.defend.defense},
+                            grouped=False) if track else contextlib.nullcontext(Unlogged()) as log:
+        report["mlflow_run_id"] = log.id or None
+        with artifacts.atomic_dir(out) as folder:
+            # The input model, as safetensors; a whole-model defense overwrites it with its own.
+            models.save(model, model_cfg, folder)
+            defending.save(params, params.defend.defense, defended, history, folder, model_cfg,
+                           {"defense": params.defend.defense, "kind": spec.kind})
+            artifacts.write_json(folder / "defend.json", report)
+            for when, (result, png) in scanned.items() if params.defend.scan else ():
+                (folder / f"scan_{when}.png").write_bytes(png)
+        for key in ("clean_accuracy_before", "clean_accuracy_after", "residual_success"):
+            if report.get(key) is not None:
+                log.metric(key, report[key])
+        log.model(backbone=out, defense=out, kind=spec.kind, classes=names, templates=templates,
+                  image_size=size if isinstance(size, int) else size[0],
+                  registered_name=f"rvpt-defend-{params.defend.defense}")
     shown = "n/a" if after is None else f"{after:.3f}"
     return (f"wrote {out}: CA before {before:.3f}, after {shown} on {len(test_labels)} held-out images of "
             f"{len(names)} classes ({report['skipped_images']} unreadable skipped){scan_line(report)}")

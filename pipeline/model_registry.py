@@ -12,7 +12,11 @@ RVPT = Path(__file__).parents[1] / "rvpt"
 
 def log_defended(backbone: Path, defense: Path, kind: str, classes: list[str], templates: list[str],
                  image_size: int, registered_name: str) -> None:
-    """Logs the model and registers it as a new version of `registered_name`."""
+    """Logs the model and registers it as a new version of `registered_name`. When the defense's
+    files sit in the backbone's own folder (an `rvpt defend` output), that folder is logged once."""
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per copy floods the stage log
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
@@ -25,7 +29,8 @@ def log_defended(backbone: Path, defense: Path, kind: str, classes: list[str], t
                                     "image_size": image_size}))
         mlflow.pyfunc.log_model(
             name="model", python_model=str(SERVED), signature=signature,
-            artifacts={"backbone": str(backbone), "defense": str(defense), "card": str(card)},
+            artifacts={"backbone": str(backbone), "card": str(card),
+                       **({} if Path(defense) == Path(backbone) else {"defense": str(defense)})},
             code_paths=[str(RVPT)],  # the library the loader imports, so the model needs no checkout
             pip_requirements=_requirements(), registered_model_name=registered_name)
 

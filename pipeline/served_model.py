@@ -3,7 +3,8 @@
 MLflow logs this file as code ("models from code") and runs it when the model is loaded, so a
 logged model is read back from safetensors and JSON alone: nothing is unpickled. Its artifacts:
 `backbone` (the open_clip local-dir model the defense started from), `defense` (what the defense
-wrote: prompts, a head, a context, or whole weights) and `card` (kind, classes, templates, size).
+wrote: prompts, a head, a context, or whole weights; absent when it lies in the backbone's folder)
+and `card` (kind, classes, templates, size).
 """
 from __future__ import annotations
 
@@ -24,13 +25,14 @@ class DefendedClassifier(PythonModel):
 
         card = json.loads(Path(context.artifacts["card"]).read_text())
         model, config = models.load(context.artifacts["backbone"])
-        defended = KINDS[card["kind"]].load(model, Path(context.artifacts["defense"]), models.tokenizer(config),
+        trained = Path(context.artifacts.get("defense", context.artifacts["backbone"]))
+        defended = KINDS[card["kind"]].load(model, trained, models.tokenizer(config),
                                             card["templates"])
         self.defended = defended.eval()
         self.classes, self.image_size = card["classes"], card["image_size"]
         self.classifier = defended.classifier(self.classes)
         # Zero-shot kinds were trained on scaled cosines; a linear head's logits are its own.
-        self.scale = float(model.logit_scale.exp()) if defended.reads_text else 1.0
+        self.scale = float(model.logit_scale.detach().exp()) if defended.reads_text else 1.0
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from rvpt.images import decode_image, normalize, to_unit_tensor

@@ -8,13 +8,15 @@ import subprocess
 import time
 from pathlib import Path
 
-from pipeline import owner, stores
+from pipeline import owner, relocate, stores
+from pipeline.experiment import close_orphans, ensure_experiment, pipeline_parent
 from pipeline.params import PARAMS_FILE
 from rvpt import compute
 
 ENV_URI = stores.ENV_URI
 
 QUEUE_DIR = Path(".dvc") / "tmp" / "exps"
+STARTED = [time.time()]  # when this command's work began; `execute` resets it
 
 
 def stage_dir() -> Path:
@@ -131,6 +133,20 @@ class StageRun:
 
         log_defended(**card)
 
+    def inputs(self, datasets: dict[str, Path], context: str) -> None:
+        """Logs the datasets this stage reads as the run's inputs, each with DVC's content hash from
+        dvc.lock as its digest, so a run names the exact data DVC tracks. A path that no stage in
+        dvc.lock wrote (a stage run by hand before any `dvc repro`) is logged without a digest."""
+        import mlflow
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+
+        hashes = locked_hashes(stage_dir() / "dvc.lock")
+        for name, path in datasets.items():
+            digest = next((hashes[str(p)] for p in (Path(path), *Path(path).parents) if str(p) in hashes), None)
+            dataset = MetaDataset(LocalArtifactDatasetSource(str(path)), name=name, digest=digest)
+            mlflow.log_input(dataset, context=context)
+
     def onto(self, run_metrics: dict[str, dict[str, float]]) -> None:
         """Adds metrics to other runs (a cell's tune run, say), so that the runs table ranks them.
         A run the store does not hold (made under another tracking URI) is skipped."""
@@ -145,36 +161,16 @@ class StageRun:
                 continue
 
 
-# MLflow 3 opens an experiment without a kind in its GenAI layout; this one compares trained
-# models. mlflow.note.content is the description the experiment page shows.
-EXPERIMENT_TAGS = {
-    "mlflow.experimentKind": "custom_model_development",
-    "mlflow.note.content": "rvpt: CLIP models backdoored on purpose and the defenses that try to remove the "
-                           "backdoor. One run per pipeline stage: a tune run is one (attack, defense) cell; "
-                           "the evaluate run holds every cell's test CA and ASR; the scan run, the trigger "
-                           "inversion's verdicts.",
-}
+def locked_hashes(lock: Path) -> dict[str, str]:
+    """Every output path in dvc.lock with its md5 (a folder's without DVC's `.dir` suffix)."""
+    import yaml
 
-
-def ensure_experiment(name: str, local_store: bool) -> str:
-    """Selects the experiment (returning its id), creating it with artifacts under <repo>/mlruns
-    for the local store.
-
-    MLflow would otherwise put them under the cwd at creation time, which for a first stage run
-    by `dvc exp run --queue` is a temporary copy that DVC deletes.
-    """
-    import mlflow
-
-    if local_store and mlflow.get_experiment_by_name(name) is None:
-        try:
-            mlflow.create_experiment(name, artifact_location=(repo_root() / "mlruns").as_uri())
-        except mlflow.exceptions.MlflowException:
-            pass  # created meanwhile by a parallel stage
-    experiment = mlflow.set_experiment(name)
-    for key, value in EXPERIMENT_TAGS.items():
-        if key not in experiment.tags:
-            mlflow.set_experiment_tag(key, value)
-    return experiment.experiment_id
+    try:
+        stages = yaml.safe_load(lock.read_text()).get("stages", {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+    return {out["path"]: str(out["md5"]).removesuffix(".dir") for stage in stages.values() if isinstance(stage, dict)
+            for out in stage.get("outs", []) if isinstance(out, dict) and "md5" in out and "path" in out}
 
 
 class Unlogged(StageRun):
@@ -198,58 +194,27 @@ class Unlogged(StageRun):
     def model(self, **card) -> None:
         pass
 
+    def inputs(self, datasets: dict[str, Path], context: str) -> None:
+        pass
+
     def onto(self, run_metrics: dict[str, dict[str, float]]) -> None:
         pass
 
 
-def close_orphans(stage: str, experiment: str) -> None:
-    """Marks KILLED the runs of this stage left RUNNING by a process that is gone (killed with -9,
-    say), so that `mlflow ui` shows no run as live forever. A live process's run is left alone."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return
-    runs = client.search_runs([found.experiment_id], f"attributes.status = 'RUNNING' and tags.`rvpt.stage` = '{stage}'",
-                              max_results=1000)
-    for run in runs:
-        tags = run.data.tags
-        recorded = {key: tags.get(f"rvpt.owner.{key}", "") for key in ("host", "pid", "started")}
-        if owner.gone(recorded):
-            client.set_terminated(run.info.run_id, "KILLED")
-
-
-PIPELINE_STAGE = "pipeline"
-
-
-def pipeline_parent(experiment_id: str, pipeline: str, tags: dict[str, str]) -> str:
-    """The run that groups one pipeline's stage runs (one per `dvc repro` or `dvc exp run` of the
-    same code and params), created by the first stage that logs. It holds no work of its own."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    query = f"tags.`rvpt.pipeline` = '{pipeline}' and tags.`rvpt.stage` = '{PIPELINE_STAGE}'"
-    found = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"], max_results=1)
-    if found:
-        return found[0].info.run_id
-    name = f"pipeline {tags['dvc.exp']}" if "dvc.exp" in tags else f"pipeline {pipeline}"
-    created = client.create_run(experiment_id, run_name=name, tags={**tags, "rvpt.stage": PIPELINE_STAGE})
-    client.set_terminated(created.info.run_id, "FINISHED")
-    return created.info.run_id
-
-
 @contextlib.contextmanager
-def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = None):
-    """Opens the stage's run with its params and identifying tags; flushes metrics on the way out."""
+def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = None, grouped: bool = True):
+    """Opens the stage's run with its params and identifying tags; flushes metrics on the way out.
+    A `grouped` run sits under its pipeline's parent run; `rvpt defend`, outside any pipeline, is not."""
     if not compute.is_main():
         yield Unlogged()
         return
     import mlflow  # here, not at the top: a command that fails validation never pays its 2 s import
 
     local_store = ENV_URI not in os.environ  # read first: set_tracking_uri writes that variable
+    if local_store and relocate.needs_relocation(repo_root() / "mlflow.db", repo_root()):
+        relocate.relocate(repo_root() / "mlflow.db", repo_root())  # a copied project logs into its own mlruns/
     mlflow.set_tracking_uri(tracking_uri())
-    experiment_id = ensure_experiment(experiment, local_store)
+    experiment_id = ensure_experiment(experiment, repo_root() / relocate.FOLDER if local_store else None)
     close_orphans(stage, experiment)
     commit = git_commit()
     all_tags = {
@@ -264,8 +229,11 @@ def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = Non
     all_tags = {key: value for key, value in all_tags.items() if value != ""}  # e.g. dvc.exp outside an experiment
     name = all_tags["dvc.stage"] if all_tags["dvc.stage"] != "manual" else stage
     shared = {key: all_tags[key] for key in ("rvpt.pipeline", "dvc.exp", "mlflow.source.git.commit") if key in all_tags}
-    parent = pipeline_parent(experiment_id, all_tags["rvpt.pipeline"], shared)
-    with mlflow.start_run(run_name=name, tags=all_tags, parent_run_id=parent) as run:
+    parent = pipeline_parent(experiment_id, all_tags["rvpt.pipeline"], shared) if grouped else None
+    # Created with the time the command started, so the run's duration is the stage's, not its logging's.
+    created = mlflow.MlflowClient().create_run(experiment_id, start_time=int(STARTED[0] * 1000), run_name=name,
+                                               tags={**all_tags, **({"mlflow.parentRunId": parent} if parent else {})})
+    with mlflow.start_run(run_id=created.info.run_id) as run:
         handle = StageRun(run)
         mlflow.log_params(flatten(params))
         try:

@@ -160,6 +160,8 @@ def make_project(root: Path, params: dict) -> Path:
     run(["git", "init", "-q"], root)
     run(["dvc", "init", "-q"], root)
     run(["dvc", "config", "core.analytics", "false"], root)
+    shutil.copy(REPO / ".dvc" / "plots.html", root / ".dvc" / "plots.html")  # vega inlined: plots render offline
+    run(["dvc", "config", "plots.html_template", "plots.html"], root)
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], root)
     return root
@@ -225,9 +227,15 @@ def free_port() -> int:
 def mlflow_server(backend_uri: str, cwd: Path, *options: str):
     """A real `mlflow server` on 127.0.0.1; yields its URL once /health answers."""
     port = free_port()
-    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", backend_uri, "--workers", "1", *options],
-                              cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with serving([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                  "--backend-store-uri", backend_uri, "--workers", "1", *options], cwd, port) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(command: list[str], cwd: Path, port: int, env: dict | None = None):
+    """Runs an MLflow server command; yields its URL once /health answers on 127.0.0.1:port."""
+    server = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     try:

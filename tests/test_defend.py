@@ -2,7 +2,10 @@
 import hashlib
 import json
 
+import mlflow
+import numpy as np
 import open_clip
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -11,6 +14,7 @@ from hostile import HOSTILE_IMAGES, malicious_checkpoint, tar_with
 
 from rvpt import models
 from rvpt.defenses import KINDS
+from rvpt.images import decode_image, normalize, to_unit_tensor
 from rvpt.prompts import attach_prompts
 
 CLASSES = ["zero", "one", "two"]
@@ -60,6 +64,26 @@ def test_defend_writes_an_open_clip_model_with_prompts_and_reports_ca(brought):
         assert torch.allclose(loaded.encode_image(images), ours.encode_image(images), atol=1e-6)
         assert not torch.allclose(original.encode_image(images), ours.encode_image(images), atol=1e-4)
 
+    # Its MLflow run, standing alone, and the defended model registered from it, which classifies
+    # images as rvpt's own loading of --out does.
+    client = mlflow.MlflowClient(f"sqlite:///{brought / 'mlflow.db'}")
+    run = client.get_run(report["mlflow_run_id"])
+    assert run.data.metrics["clean_accuracy_after"] == pytest.approx(report["clean_accuracy_after"])
+    assert "mlflow.parentRunId" not in run.data.tags
+    [version] = client.search_model_versions("name = 'rvpt-defend-rvpt'")
+    assert version.run_id == run.info.run_id
+    blobs = [p.read_bytes() for p in sorted((brought / "images" / "one").glob("*.*"))[:3]]
+    mlflow.set_tracking_uri(client.tracking_uri)
+    served = mlflow.pyfunc.load_model(f"models:/rvpt-defend-rvpt/{version.version}").predict(
+        pd.DataFrame({"image": blobs}))
+    assert list(served.columns) == report["classes"]
+    templates = yaml.safe_load((brought / "params.yaml").read_text())["defend"]["templates"]
+    mine = KINDS["prompt"].load(original, brought / "out", models.tokenizer(TINY_MODEL), templates)
+    pixels = normalize(to_unit_tensor(np.stack([decode_image(b, 16)[0] for b in blobs])))
+    with torch.no_grad():
+        logits = mine.logits(mine.encode_image(pixels).float(), mine.classifier(report["classes"]))
+    assert (served.to_numpy().argmax(1) == logits.argmax(1).numpy()).all()
+
 
 def test_defend_takes_a_weights_file_and_an_archive_by_checksum(brought):
     weights = brought / "model" / models.WEIGHTS_NAME
@@ -68,9 +92,11 @@ def test_defend_takes_a_weights_file_and_an_archive_by_checksum(brought):
         if p.name not in HOSTILE_IMAGES})
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     config = brought / "model" / models.CONFIG_NAME
-    result = defend(brought, "--config", str(config), "--data-sha256", digest, model=weights, data=archive)
+    result = defend(brought, "--config", str(config), "--data-sha256", digest, "--no-track", model=weights,
+                    data=archive)
     assert result.returncode == 0, result.stderr
     assert json.loads((brought / "out" / "defend.json").read_text())["skipped_images"] == 0
+    assert not (brought / "mlflow.db").exists()  # --no-track: no store
     bad = defend(brought, "--config", str(config), "--data-sha256", "0" * 64, model=weights, data=archive)
     assert bad.returncode == 2 and "sha256 is" in bad.stderr
 
@@ -83,7 +109,7 @@ def test_defend_fetches_a_model_by_url_only_with_its_sha256(brought, served):
     unchecked = defend(brought, "--config", config, model=f"{url}/weights.safetensors")
     assert unchecked.returncode == 2 and "needs its sha256" in unchecked.stderr
     digest = hashlib.sha256(weights).hexdigest()
-    result = defend(brought, "--config", config, "--sha256", digest, model=f"{url}/weights.safetensors")
+    result = defend(brought, "--config", config, "--sha256", digest, "--no-track", model=f"{url}/weights.safetensors")
     assert result.returncode == 0, result.stderr
     assert json.loads((brought / "out" / "defend.json").read_text())["weights_sha256"] == digest
 
@@ -140,7 +166,7 @@ def test_defend_reports_the_accuracy_plain_open_clip_measures(tmp_path):
             labels.append(label)
     params = smoke_params()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    result = defend(tmp_path, data="data")
+    result = defend(tmp_path, "--no-track", data="data")
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "out" / "defend.json").read_text())
     assert report["heldout_images"] == 12 and report["train_images"] == 18

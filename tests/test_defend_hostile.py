@@ -26,7 +26,7 @@ def brought(tmp_path):
 
 def defend(root, *extra, out="out"):
     return call(root, "defend", "--model", "model", "--data", "images", "--out", str(out),
-                "--cache", str(root / "cache"), *extra)
+                "--cache", str(root / "cache"), "--no-track", *extra)  # tracking: test_defend.py
 
 
 def test_hostile_files_are_skipped_unread_and_a_users_folder_survives(brought):

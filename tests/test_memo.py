@@ -1,5 +1,6 @@
 """evaluate and scan remember each model's results: after an edit to one defense only its cells
-are scored and scanned again, and what they write is byte for byte what a full run writes."""
+are scored and scanned again, and what they write is byte for byte what a full run writes. The
+same rerun shows `dvc plots diff` overlaying a cell's loss curve across revisions, offline."""
 import json
 import re
 import shutil
@@ -28,6 +29,8 @@ def test_an_edit_to_one_defense_rescores_only_its_cells(reproduced, tmp_path):
     assert outputs(project) == before
 
     # One defense's block changes: DVC reruns its tune cells, then scan and evaluate redo only those.
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "before"], project)
     params = (project / "params.yaml").read_text()
     edited = re.sub(r"(\n  rvpt:.*?\n    epochs:) 2", r"\1 3", params, count=1, flags=re.S)
     assert edited != params
@@ -38,6 +41,15 @@ def test_an_edit_to_one_defense_rescores_only_its_cells(reproduced, tmp_path):
     assert read_back(repro, "evaluate") == 2
     incremental = outputs(project)
     assert incremental != before
+
+    # The rerun cell's curve, as data, from both revisions; the page inlines vega and fetches nothing.
+    plotted = json.loads(run(["dvc", "plots", "diff", "HEAD", "--json"], project).stdout)
+    curve = plotted["data"]["results/curves/tune_badnet_rvpt.csv"][0]["content"]["data"]["values"]
+    steps = {rev: sum(1 for point in curve if point["rev"] == rev) for rev in ("HEAD", "workspace")}
+    assert steps["workspace"] == steps["HEAD"] * 3 // 2  # 3 epochs against 2
+    page = project / "dvc_plots" / "index.html"
+    run(["dvc", "plots", "diff", "HEAD", "-o", "dvc_plots"], project)
+    assert "vegaEmbed" in page.read_text() and not re.search(r"<script[^>]+src=", page.read_text())
 
     # A memo entry that cannot be read is recomputed, not trusted.
     entry = project / ".rvpt" / "memo" / "evaluate" / "badnet-cleanclip.json"

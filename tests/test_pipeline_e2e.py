@@ -1,6 +1,7 @@
 """The whole chain through real DVC, in a fresh git repository, logging to a real MLflow sqlite store:
 a 2 x 2 attacks x defenses matrix (BadNet and BadCLIP; RVPT and CleanCLIP)."""
 import json
+import re
 
 import mlflow
 import pytest
@@ -57,7 +58,8 @@ def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_pat
     assert "## Trigger inversion without the trigger" in (project / "results" / "summary.md").read_text()
     run(["dvc", "plots", "show", "-o", "dvc_plots"], project)
     page = (project / "dvc_plots" / "index.html").read_text()
-    assert "asr.png" in page and "<img" in page and "<script" not in page  # nothing to load from a CDN
+    # vega inlined (.dvc/plots.html): the curves render, and nothing is loaded from a CDN
+    assert "asr.png" in page and "<img" in page and "vegaEmbed" in page and not re.search(r"<script[^>]+src=", page)
     table = (project / "results" / "summary.md").read_text()
     assert "| clean model (never poisoned) |" in table and "| rvpt |" in table and "| cleanclip |" in table
     # The optimised BadCLIP patch differs from its random initialisation (the same attack, built unoptimised).

@@ -11,6 +11,7 @@ import mlflow
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from conftest import BIN, copy_of, environment, free_port
 
@@ -75,3 +76,17 @@ def test_mlflow_models_serve_answers_with_the_loaded_models_probabilities(store)
         server.wait(timeout=30)
     assert list(answered.columns) == list(expected.columns)
     assert (answered - expected).abs().max().max() < 1e-6
+
+
+def test_each_training_run_names_its_data_by_dvcs_hash(store):
+    """A run's dataset inputs carry the hash dvc.lock records for the output that holds them."""
+    lock = yaml.safe_load((store / "dvc.lock").read_text())["stages"]
+    [fewshot] = [o["md5"] for o in lock["sample"]["outs"] if o["path"] == "data/fewshot"]
+    [corpus] = [o["md5"] for o in lock["poison@badnet"]["outs"] if o["path"] == "data/poisoned/badnet"]
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("smoke").experiment_id
+    for stage, name, digest in (("tune@badnet-rvpt", "defender's shots", fewshot),
+                                ("pretrain@badnet", "corpus poisoned by badnet", corpus)):
+        [run] = client.search_runs([experiment], f"tags.`dvc.stage` = '{stage}'")
+        [given] = run.inputs.dataset_inputs
+        assert (given.dataset.name, given.dataset.digest) == (name, digest.removesuffix(".dir")), stage

@@ -118,6 +118,7 @@ def run(params: Params) -> str:
     keys = headline(params)
     logged = {"attacks": params.run.attacks, "defenses": params.run.defenses, "evaluate": params.evaluate.model_dump()}
     with stage_run("evaluate", params.tracking.experiment, logged, upstream) as log:
+        log.inputs({"downstream": paths.DOWNSTREAM}, "evaluation")
         paths.RESULTS.mkdir(exist_ok=True)
         artifacts.write_json(paths.SUMMARY, {"rows": rows})
         write_metrics(rows)

@@ -105,6 +105,7 @@ def run(params: Params, attack_name: str) -> str:
 
     logged = {"seed": params.seed, "attack_name": attack_name, "attack": spec.model_dump()}
     with stage_run("poison", params.tracking.experiment, logged, {"attack": attack_name}) as log:
+        log.inputs({"corpus": paths.CORPUS}, "poisoning")
         with artifacts.atomic_dir(paths.poisoned(attack_name)) as out:
             artifacts.write_shards(out / "corpus", columns, params.data.shard_rows, extra)
             save_file(attack.state_dict(), str(out / "trigger.safetensors"), metadata={"kind": spec.kind})

@@ -92,6 +92,7 @@ def run(params: Params, attack_name: str | None) -> str:
                                   fingerprint([params.seed, params.threads, params.model.config, schedule.model_dump(),
                                                params.compute.model_dump()], inputs))
     with stage_run("pretrain", params.tracking.experiment, logged, tags) as log:
+        log.inputs({"corpus" if clean else f"corpus poisoned by {attack_name}": source}, "training")
         config = ClipTrainConfig(seed=params.seed, **schedule.model_dump(),
                                  **params.compute.model_dump(exclude={"processes"}))
         losses, resumed = train_clip(model, images, tokens, config, desc=f"pretrain {attack_name or 'clean'}",

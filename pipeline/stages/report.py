@@ -1,34 +1,40 @@
 """Stage `report`: results/report.html, one self-contained page (every image inlined, no script,
-nothing fetched), and the PNG plots under results/plots/ that `dvc plots show` renders offline.
+nothing fetched); the PNG plots under results/plots/; and each loss curve as data under
+results/curves/, which `dvc plots diff` overlays across experiments.
 
 The page holds the Table-1 matrix and the diagnostics (results/summary.md), the ASR/CA heat maps,
-each attack's trigger and poisoned samples, the loss curves of pretraining and of every tune
-cell, and the trainable-parameter table.
+the CA-vs-ASR scatter, each attack's trigger and poisoned samples, the loss curves of pretraining
+and of every tune cell, the trainable-parameter table and where every figure came from.
 """
 from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import html
 import re
+import shutil
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display here, and no GUI toolkit wanted
-import matplotlib.pyplot as plt  # noqa: E402
-
-from pipeline import artifacts, paths  # noqa: E402
-from pipeline.params import Params  # noqa: E402
-from pipeline.summary import LABELS  # noqa: E402
-from pipeline.tracking import stage_run  # noqa: E402
+from pipeline import artifacts, figures, paths, tracking
+from pipeline.params import PARAMS_FILE, Params
 
 PLOTS = paths.RESULTS / "plots"
+CURVES = paths.RESULTS / "curves"
 REPORT = paths.RESULTS / "report.html"
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
          "td:first-child,th:first-child{text-align:left}img{max-width:100%;image-rendering:pixelated}"
-         "figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}")
+         "figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}figcaption{max-width:700px}"
+         "code{background:#f3f3f3;padding:0 2px}")
+CAPTIONS = {
+    "asr": "Test ASR of every attack x defense cell. Red: the backdoor survived.",
+    "ca": "Test CA of every cell, coloured by its change from the undefended model on the same attack: red is "
+          "what the defense cost.",
+    "scatter": "Every cell's test CA against its test ASR. A defense that works sits at the bottom right.",
+    "loss_pretrain": "Pretraining: the clean model (unless it is pretrained weights), and each attack's "
+                     "poisoned training, drawn from where the clean model's ended when it starts from it.",
+}
 
 
 def read_curve(path: Path) -> list[float]:
@@ -36,34 +42,67 @@ def read_curve(path: Path) -> list[float]:
         return [float(row["loss"]) for row in csv.DictReader(handle)]
 
 
-def heatmap(rows: list[dict], attacks: list[str], defenses: list[str], key: str, title: str, path: Path) -> None:
-    by_key = {(r["defense"], r["attack"]): r.get(key) for r in rows}
-    values = [[100 * (by_key.get((d, a)) if by_key.get((d, a)) is not None else float("nan")) for a in attacks]
-              for d in defenses]
-    figure, axes = plt.subplots(figsize=(1.1 * len(attacks) + 3, 0.4 * len(defenses) + 1.5))
-    axes.imshow(values, cmap="RdYlGn_r" if key == "attack_success_rate" else "RdYlGn", vmin=0, vmax=100, aspect="auto")
-    axes.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right")
-    axes.set_yticks(range(len(defenses)), [LABELS.get(d, d) for d in defenses])
-    for i, line in enumerate(values):
-        for j, value in enumerate(line):
-            axes.text(j, i, "-" if value != value else f"{value:.1f}", ha="center", va="center", fontsize=8)
-    axes.set_title(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+def caption(stem: str) -> str:
+    if stem.startswith("loss_tune_"):
+        defense = stem.removeprefix("loss_tune_")
+        return f"Tuning with {defense}: the loss on the defender's shots, one curve per attack's backdoored model."
+    return CAPTIONS.get(stem, stem)
 
 
-def curves(series: dict[str, list[float]], title: str, path: Path) -> None:
-    figure, axes = plt.subplots(figsize=(6, 3.2))
-    for name, losses in series.items():
-        axes.plot(losses, label=name, linewidth=1)
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss")
-    axes.set_title(title)
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+def draw(rows: list[dict], params: Params) -> None:
+    """The PNGs under results/plots/ and the curves' data under results/curves/."""
+    attacks, defenses = params.run.attacks, ["clean_model", *params.run.defenses]
+    for folder in (PLOTS, CURVES):
+        shutil.rmtree(folder, ignore_errors=True)  # a figure of a defense no longer run must not linger
+        folder.mkdir(parents=True)
+    figures.asr_heatmap(rows, attacks, defenses, PLOTS / "asr.png")
+    figures.ca_heatmap(rows, attacks, defenses, PLOTS / "ca.png")
+    figures.scatter(rows, attacks, defenses, PLOTS / "scatter.png")
+    trained = paths.CLEAN_MODEL / "loss.csv"  # absent when the clean model is pretrained weights
+    clean = read_curve(trained) if trained.is_file() else []
+    pretrain = {"clean model": (0, clean)} if clean else {}
+    start = 0 if params.pretrain.init == "scratch" else len(clean)  # a victim fine-tunes the clean model
+    pretrain |= {a: (start, read_curve(paths.backdoored(a) / "loss.csv")) for a in attacks}
+    figures.curves(pretrain, "pretraining", PLOTS / "loss_pretrain.png")
+    if clean:
+        shutil.copy(trained, CURVES / "pretrain_clean.csv")
+    for attack in attacks:
+        shutil.copy(paths.backdoored(attack) / "loss.csv", CURVES / f"pretrain_{attack}.csv")
+    for defense in params.run.defenses:
+        found = {a: paths.defended(a, defense) / "loss.csv" for a in attacks}
+        found = {a: path for a, path in found.items() if path.exists()}
+        for attack, path in found.items():
+            shutil.copy(path, CURVES / f"tune_{attack}_{defense}.csv")
+        if found:
+            figures.curves({a: (0, read_curve(path)) for a, path in found.items()}, f"tune: {defense}",
+                           PLOTS / f"loss_tune_{defense}.png")
+
+
+def provenance(params: Params) -> str:
+    """Where the page's numbers came from: code, params, data and the MLflow runs that made them."""
+    commit = tracking.git_commit()
+    digest = hashlib.sha256(Path(PARAMS_FILE).read_bytes()).hexdigest()[:12] if Path(PARAMS_FILE).is_file() else "-"
+    files = params.data.files
+    source = "glyphs, rendered by the download stage" if files is None else \
+        f"files: corpus {files.corpus.path}, downstream {files.downstream.path}"
+    runs = [("pretrain", "clean model", run_id(paths.CLEAN_MODEL / "pretrain.json"))]
+    runs += [("pretrain", a, run_id(paths.backdoored(a) / "pretrain.json")) for a in params.run.attacks]
+    runs += [("tune", f"{a} x {d}", run_id(paths.defended(a, d) / "tune.json"))
+             for a in params.run.attacks for d in params.run.defenses]
+    cells = "".join(f"<tr><td>{html.escape(stage)}</td><td>{html.escape(what)}</td><td><code>{rid}</code></td></tr>"
+                    for stage, what, rid in runs)
+    return (f"<h2>Provenance</h2><table><tr><td>commit</td><td><code>{html.escape(commit)}</code></td></tr>"
+            f"<tr><td>params.yaml (sha256)</td><td><code>{digest}</code></td></tr>"
+            f"<tr><td>data source</td><td>{html.escape(str(source))}</td></tr>"
+            f"<tr><td>MLflow pipeline tag <code>rvpt.pipeline</code></td><td><code>{tracking.pipeline_id(commit)}"
+            f"</code></td></tr><tr><td>MLflow experiment</td><td>{html.escape(params.tracking.experiment)}</td></tr>"
+            f"</table><table><tr><th>stage</th><th>model</th><th>MLflow run id</th></tr>{cells}</table>")
+
+
+def run_id(card: Path) -> str:
+    if not card.is_file():
+        return "-"
+    return html.escape(str(artifacts.read_json(card, "its stage").get("mlflow_run_id") or "-"))
 
 
 def inline(path: Path, caption: str) -> str:
@@ -73,8 +112,8 @@ def inline(path: Path, caption: str) -> str:
 
 
 def code(escaped: str) -> str:
-    """`x` as <code>x</code>, in text that is already escaped."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+    """`x` as <code>x</code> and **x** as <b>x</b>, in text that is already escaped."""
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped))
 
 
 def markdown_to_html(text: str) -> str:
@@ -83,7 +122,7 @@ def markdown_to_html(text: str) -> str:
     for line in text.splitlines() + [""]:
         if line.startswith("|"):
             if not set(line) <= set("|-"):
-                table.append([html.escape(c.strip()) for c in line.strip("|").split("|")])
+                table.append([code(html.escape(c.strip())) for c in line.strip("|").split("|")])
             continue
         if table:
             head, *body = table
@@ -125,22 +164,14 @@ def run(params: Params) -> str:
     artifacts.check_writable(PLOTS)
     rows = artifacts.read_json(paths.SUMMARY, "rvpt stage evaluate")["rows"]
     table = artifacts.require(paths.RESULTS / "summary.md", "rvpt stage evaluate").read_text()
-    attacks, defenses = params.run.attacks, ["clean_model", *params.run.defenses]
-    PLOTS.mkdir(parents=True, exist_ok=True)
-    heatmap(rows, attacks, defenses, "attack_success_rate", "ASR % on the test split", PLOTS / "asr.png")
-    heatmap(rows, attacks, defenses, "clean_accuracy", "CA % on the test split", PLOTS / "ca.png")
-    curves({a: read_curve(paths.backdoored(a) / "loss.csv") for a in attacks},
-           "pretraining on poison (fine-tuning the clean model)", PLOTS / "loss_pretrain.png")
-    for defense in params.run.defenses:
-        found = {a: read_curve(paths.defended(a, defense) / "loss.csv") for a in attacks
-                 if (paths.defended(a, defense) / "loss.csv").exists()}
-        if found:
-            curves(found, f"tune: {defense}", PLOTS / f"loss_tune_{defense}.png")
-
+    attacks = params.run.attacks
+    draw(rows, params)
     triggers = "".join(inline(paths.poisoned(a) / name, f"{a}: {what}") for a in attacks
-                       for name, what in (("trigger.png", "trigger"), ("samples.png", "poisoned samples")))
+                       for name, what in (("trigger.png", "its trigger"), ("samples.png", "poisoned training samples")))
     inverted = scans_section(rows, attacks)
-    plots = "".join(inline(p, p.stem) for p in sorted(PLOTS.glob("*.png")))
+    plots = "".join(inline(PLOTS / f"{stem}.png", caption(stem)) for stem in
+                    ["asr", "ca", "scatter", "loss_pretrain", *(f"loss_tune_{d}" for d in params.run.defenses)]
+                    if (PLOTS / f"{stem}.png").is_file())
     first = {r["defense"]: r for r in rows if r["attack"] == attacks[0]}
     trainable = "".join(f"<tr><td>{html.escape(d)}</td><td>{first[d]['trainable_params']:,}</td>"
                         f"<td>{100 * first[d]['trainable_fraction']:.3f}%</td></tr>"
@@ -150,9 +181,12 @@ def run(params: Params) -> str:
             f"<h2>Results</h2>{markdown_to_html(table)}<h2>Plots</h2>{plots}"
             f"<h2>Triggers and poisoned samples</h2>{triggers}{inverted}"
             f"<h2>Trainable parameters</h2><table><tr><th>defense</th><th>trainable</th><th>of the model</th></tr>"
-            f"{trainable}</table></body></html>")
+            f"{trainable}</table>{provenance(params)}</body></html>")
     artifacts.write_text(REPORT, page)
-    with stage_run("report", params.tracking.experiment, {"attacks": attacks, "defenses": params.run.defenses}) as log:
+    logged = {"attacks": attacks, "defenses": params.run.defenses}
+    with tracking.stage_run("report", params.tracking.experiment, logged) as log:
         log.artifact(REPORT)
         log.artifact(PLOTS, "plots")
-    return f"wrote {REPORT} ({len(page) // 1024} KiB, self-contained) and {len(list(PLOTS.glob('*.png')))} plots"
+        log.artifact(CURVES, "curves")
+    return (f"wrote {REPORT} ({len(page) // 1024} KiB, self-contained), {len(list(PLOTS.glob('*.png')))} plots "
+            f"and {len(list(CURVES.glob('*.csv')))} curves")

@@ -31,6 +31,7 @@ def run(params: Params) -> str:
     extra = {"shot_rank": rank, "source_row": chosen.astype(np.int64)}
     logged = {"seed": params.seed, "shots": shots}
     with stage_run("sample", params.tracking.experiment, logged) as log:
+        log.inputs({"downstream train": TRAIN}, "sampling")
         with artifacts.atomic_dir(paths.FEWSHOT) as out:
             artifacts.write_table(out / "train.parquet", columns, extra)
             artifacts.write_json(out / "sample.json", {"shots": shots, "images": len(chosen),

@@ -69,6 +69,7 @@ def run(params: Params, attack_name: str, defense_name: str) -> str:
     tags = {"attack": attack_name, "defense": defense_name, "upstream.pretrain": pretrain_run,
             "upstream.sample": sample_run}
     with stage_run("tune", params.tracking.experiment, logged, tags) as log:
+        log.inputs({"defender's shots": paths.FEWSHOT / "train.parquet"}, "training")
         defended, history = defending.fit(params, defense_name, model, data, tokenize, params.model.templates,
                                           f"tune {attack_name}-{defense_name}", resumable)
         if not compute.is_main():
