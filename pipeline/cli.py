@@ -210,7 +210,7 @@ CACHE = typer.Option(Path.home() / ".cache" / "rvpt", help="Where downloads and 
 @app.command()
 def defend(model: str = typer.Option(..., help="Untrusted model: an open_clip local-dir folder, a weights file "
                                                "(.safetensors, or weights-only .bin/.pt/.pth), an archive, or a URL."),
-           data: str = typer.Option(..., help="Few-shot images: root/<class>/*.jpg (or root/train + root/test), "
+           data: str = typer.Option(..., help="Few-shot images: root/CLASS/\\*.jpg (or root/train + root/test), "
                                               "an archive of it, or a URL."),
            out: Path = typer.Option(..., help="Output folder: open_clip local-dir model + what the defense trained."),
            config: Optional[str] = CONFIG, sha256: Optional[str] = SHA256, data_sha256: Optional[str] = DATA_SHA256,
@@ -218,7 +218,7 @@ def defend(model: str = typer.Option(..., help="Untrusted model: an open_clip lo
            defense: Optional[str] = typer.Option(None, help="Defense name from params.yaml (default: defend.defense)."),
            track: bool = typer.Option(True, "--track/--no-track",
                                       help="Log an MLflow run and register the defended model as "
-                                           "rvpt-defend-<defense> (in MLFLOW_TRACKING_URI, else ./mlflow.db)."),
+                                           "rvpt-defend-DEFENSE (in MLFLOW_TRACKING_URI, else ./mlflow.db)."),
            cache: Path = CACHE, params: Path = PARAMS):
     """Defend a model you were handed: tune RVPT on your few-shot images, report CA before and after.
 
@@ -236,7 +236,7 @@ def defend(model: str = typer.Option(..., help="Untrusted model: an open_clip lo
 @app.command()
 def scan(model: str = typer.Option(..., help="Untrusted model, as for `rvpt defend`; an `rvpt defend` output "
                                              "folder is scanned with what its defense trained."),
-         data: str = typer.Option(..., help="Clean images: root/<class>/*.jpg (or root/train + root/test), an "
+         data: str = typer.Option(..., help="Clean images: root/CLASS/\\*.jpg (or root/train + root/test), an "
                                             "archive of it, or a URL."),
          out: Path = typer.Option(..., help="Output folder: scan.json and the inverted triggers (triggers.png)."),
          config: Optional[str] = CONFIG, sha256: Optional[str] = SHA256, data_sha256: Optional[str] = DATA_SHA256,

@@ -12,11 +12,11 @@ profile_app = typer.Typer(help="Write params.yaml for a setting and your data; t
                           rich_markup_mode="markdown",
                           no_args_is_help=True)
 @profile_app.command()
-def paper(imagenet: Path = typer.Option(..., help="ImageNet as ImageFolder: train/<wnid>/*, val/<wnid>/*."),
+def paper(imagenet: Path = typer.Option(..., help="ImageNet as ImageFolder: train/WNID/\\*, val/WNID/\\*."),
           imagenet_classes: Path = typer.Option(..., help="wnid -> name lines (LOC_synset_mapping.txt)."),
           cc3m: Path = typer.Option(..., help="img2dataset webdataset shards of CC3M (*.tar)."),
           caltech101: Path = typer.Option(..., help="Caltech101's 101_ObjectCategories folder."),
-          oxford_pets: Path = typer.Option(..., help="Oxford-IIIT Pets exported as <breed>/*.jpg folders."),
+          oxford_pets: Path = typer.Option(..., help="Oxford-IIIT Pets exported as BREED/\\*.jpg folders."),
           params: Path = PARAMS):
     """The paper's setting (RVPT, Table 1) on your copies of its datasets."""
     from pipeline import profile as command
@@ -27,8 +27,8 @@ def paper(imagenet: Path = typer.Option(..., help="ImageNet as ImageFolder: trai
 
 
 @profile_app.command()
-def imagefolder(root: Path = typer.Option(..., help="Your data: root/train/<class>/*, root/test/<class>/* "
-                                                    "(and root/val/<class>/* if you have one)."),
+def imagefolder(root: Path = typer.Option(..., help="Your data: root/train/CLASS/\\*, root/test/CLASS/\\* "
+                                                    "(and root/val/CLASS/\\* if you have one)."),
                 corpus: Optional[Path] = typer.Option(None, help="A separate pretraining corpus with the same class "
                                                                  "folders (default: root/train, minus the "
                                                                  "downstream images)."),

@@ -112,3 +112,33 @@ def test_the_target_class_is_one_edit_and_blocks_that_do_not_run_never_block_a_r
         assert result.returncode == 2 and culprit in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     assert files(tmp_path) == before
+
+
+def test_every_options_help_text_is_shown_whole():
+    """typer renders help as markdown: a `<class>` or a bare `*` in a help text would vanish."""
+    import re
+
+    import click
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    def commands(group, path):
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                yield from commands(command, [*path, name])
+            else:
+                yield [*path, name], command
+
+    def flat(text: str) -> str:
+        return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+    checked = 0
+    for path, command in commands(get_command(app), []):
+        shown = flat(CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).output)
+        for option in command.params:
+            if getattr(option, "help", None):
+                assert flat(option.help.replace("\\*", "*").replace("`", "")) in shown, (path, option.name)
+                checked += 1
+    assert checked > 20
