@@ -231,8 +231,11 @@ def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = Non
     shared = {key: all_tags[key] for key in ("rvpt.pipeline", "dvc.exp", "mlflow.source.git.commit") if key in all_tags}
     parent = pipeline_parent(experiment_id, all_tags["rvpt.pipeline"], shared) if grouped else None
     # Created with the time the command started, so the run's duration is the stage's, not its logging's.
+    from mlflow.tracking.context.registry import resolve_tags  # the user and source tags start_run adds
+
+    tags = resolve_tags({**all_tags, **({"mlflow.parentRunId": parent} if parent else {})})
     created = mlflow.MlflowClient().create_run(experiment_id, start_time=int(STARTED[0] * 1000), run_name=name,
-                                               tags={**all_tags, **({"mlflow.parentRunId": parent} if parent else {})})
+                                               tags=tags)
     with mlflow.start_run(run_id=created.info.run_id) as run:
         handle = StageRun(run)
         mlflow.log_params(flatten(params))
