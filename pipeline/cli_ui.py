@@ -3,31 +3,35 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import typer
 
+from pipeline.command import PARAMS, fail
+
 
 def ui(port: int = typer.Option(5000, help="Port to serve on."),
-       host: str = typer.Option("127.0.0.1", help="Address to serve on (127.0.0.1: this machine only).")):
+       host: str = typer.Option("127.0.0.1", help="Address to serve on (127.0.0.1: this machine only)."),
+       params: Path = PARAMS):
     """Serve `mlflow ui` over this project's runs (./mlflow.db, or MLFLOW_TRACKING_URI).
 
     A project copied or moved with its store still records its artifacts at the old path; the
     local store's artifact locations are first moved to this folder's mlruns/, so the UI serves
     this copy's artifacts.
     """
+    from pipeline import params as params_module
     from pipeline import relocate, stores, tracking
-    from pipeline.command import fail
     from rvpt.errors import BadInput
 
     uri = tracking.tracking_uri()
     try:
-        tracking.check_reachable(10.0)
+        tracking.check_reachable(params_module.load(params, {}).tracking.timeout_s)
     except BadInput as error:
         fail(str(error))
     if stores.ENV_URI not in os.environ:
         root = tracking.repo_root()
-        if relocate.needs_relocation(root / "mlflow.db", root):
-            changed = relocate.relocate(root / "mlflow.db", root)
+        changed = relocate.follow(root)
+        if changed:
             typer.echo(f"rvpt ui: moved {changed} artifact locations to {root / relocate.FOLDER}", err=True)
     typer.echo(f"rvpt ui: serving {uri} on http://{host}:{port}", err=True)
     sys.stdout.flush()

@@ -72,7 +72,7 @@ def execute(name: str, params_path: Path, overrides: dict, work: Callable, label
     from rvpt import compute
 
     started = time.perf_counter()
-    tracking.STARTED[0] = time.time()
+    tracking.STARTED = time.time()
     try:
         if not validate:  # the command writes the params file itself
             typer.echo(f"{label}: {work(None)} ({time.perf_counter() - started:.1f} s)")

@@ -65,3 +65,10 @@ def needs_relocation(database: Path, root: Path) -> bool:
             found = []  # not an MLflow store yet
     connection.close()
     return any(moved(location or "", here) is not None for (location,) in found)
+
+
+def follow(root: Path) -> int:
+    """Moves root/mlflow.db's artifact locations to root/mlruns/ if the project was copied or moved;
+    returns the rows changed (0 in place, after one read)."""
+    database = root / "mlflow.db"
+    return relocate(database, root) if needs_relocation(database, root) else 0

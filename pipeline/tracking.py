@@ -16,7 +16,7 @@ from rvpt import compute
 ENV_URI = stores.ENV_URI
 
 QUEUE_DIR = Path(".dvc") / "tmp" / "exps"
-STARTED = [time.time()]  # when this command's work began; `execute` resets it
+STARTED = time.time()  # when this command's work began; `execute` sets it
 
 
 def stage_dir() -> Path:
@@ -211,8 +211,8 @@ def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = Non
     import mlflow  # here, not at the top: a command that fails validation never pays its 2 s import
 
     local_store = ENV_URI not in os.environ  # read first: set_tracking_uri writes that variable
-    if local_store and relocate.needs_relocation(repo_root() / "mlflow.db", repo_root()):
-        relocate.relocate(repo_root() / "mlflow.db", repo_root())  # a copied project logs into its own mlruns/
+    if local_store:
+        relocate.follow(repo_root())  # a copied project logs into its own mlruns/
     mlflow.set_tracking_uri(tracking_uri())
     experiment_id = ensure_experiment(experiment, repo_root() / relocate.FOLDER if local_store else None)
     close_orphans(stage, experiment)
@@ -230,11 +230,11 @@ def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = Non
     name = all_tags["dvc.stage"] if all_tags["dvc.stage"] != "manual" else stage
     shared = {key: all_tags[key] for key in ("rvpt.pipeline", "dvc.exp", "mlflow.source.git.commit") if key in all_tags}
     parent = pipeline_parent(experiment_id, all_tags["rvpt.pipeline"], shared) if grouped else None
-    # Created with the time the command started, so the run's duration is the stage's, not its logging's.
     from mlflow.tracking.context.registry import resolve_tags  # the user and source tags start_run adds
 
+    # Created with the time the command started, so the run's duration is the stage's, not its logging's.
     tags = resolve_tags({**all_tags, **({"mlflow.parentRunId": parent} if parent else {})})
-    created = mlflow.MlflowClient().create_run(experiment_id, start_time=int(STARTED[0] * 1000), run_name=name,
+    created = mlflow.MlflowClient().create_run(experiment_id, start_time=int(STARTED * 1000), run_name=name,
                                                tags=tags)
     with mlflow.start_run(run_id=created.info.run_id) as run:
         handle = StageRun(run)
