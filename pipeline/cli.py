@@ -284,8 +284,11 @@ def invoke(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    """Console entry point."""
-    sys.exit(invoke())
+    """Console entry point: a stage forks from a warm server when one can serve it (pipeline/warm.py)."""
+    from pipeline import warm
+
+    code = warm.run(sys.argv[1:])
+    sys.exit(invoke() if code is None else code)
 
 
 if __name__ == "__main__":

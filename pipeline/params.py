@@ -137,6 +137,10 @@ class Tracking(Strict):
     timeout_s: float = Field(gt=0, le=600)
 
 
+class Startup(Strict):
+    warm_s: float = Field(ge=0, le=86_400)  # pipeline/warm.py
+
+
 class Defend(Strict):
     defense: str = Field(max_length=MAX_TEXT)
     holdout: float = Field(gt=0, lt=1)
@@ -161,6 +165,7 @@ class Params(Strict):
     scan: Scan
     run: Run
     tracking: Tracking
+    startup: Startup
     defend: Defend
 
     @field_validator("attacks", "defenses", mode="before")

@@ -165,8 +165,9 @@ def locked_hashes(lock: Path) -> dict[str, str]:
     """Every output path in dvc.lock with its md5 (a folder's without DVC's `.dir` suffix)."""
     import yaml
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 6x faster on a 450 KB lock
     try:
-        stages = yaml.safe_load(lock.read_text()).get("stages", {})
+        stages = yaml.load(lock.read_text(), Loader=loader).get("stages", {})
     except (OSError, yaml.YAMLError, AttributeError):
         return {}
     return {out["path"]: str(out["md5"]).removesuffix(".dir") for stage in stages.values() if isinstance(stage, dict)
