@@ -20,7 +20,7 @@ from pipeline.tracking import repo_root
 
 FOLDER = Path(".rvpt/memo")                     # beside the training checkpoints, under the repository root
 SOURCE = Path(__file__).resolve().parents[1]   # holds pipeline/ and rvpt/
-UNUSED = ("run", "tracking", "defend")          # which cells run, where runs are logged, `rvpt defend`
+UNUSED = ("run", "tracking", "defend", "startup")  # which cells run, where runs are logged, `rvpt defend`, start-up
 
 
 def digest_files(paths: list[Path], root: Path | None = None) -> str:

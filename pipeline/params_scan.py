@@ -24,3 +24,4 @@ class Scan(Strict):
     word_candidates: int = Field(gt=0, le=MAX_BATCH)
     kinds: list[Literal[KINDS]] = Field(min_length=1, max_length=len(KINDS))
     held_out: int = Field(gt=0, le=10 ** 9)
+    defended: Literal["residual", "full"]

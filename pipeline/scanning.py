@@ -39,7 +39,7 @@ def picture(result: scan.Scan) -> bytes:
 
 
 def settings(params: Params) -> scan.Config:
-    chosen = params.scan.model_dump(exclude={"kinds", "held_out"})
+    chosen = params.scan.model_dump(exclude={"kinds", "held_out", "defended"})
     return scan.Config(**chosen, kinds=tuple(dict.fromkeys(params.scan.kinds)), seed=params.seed)
 
 

@@ -62,7 +62,9 @@ def scan_section(rows: list[dict], attacks: list[str], defenses: list[str]) -> l
     if not any("scan_flagged" in r for r in rows):
         return []
     out = ["", "## Trigger inversion without the trigger: flagged class (anomaly index); '-': not flagged", ""]
-    out += grid(rows, attacks, defenses, lambda r: f"{r['scan_target'] or '-'} ({r['scan_anomaly_index']:.2f})")
+    scanned = [r for r in rows if r.get("scan_anomaly_index") is not None]  # defended cells: scan.defended full
+    out += grid(scanned, attacks, [d for d in defenses if any(r["defense"] == d for r in scanned)],
+                lambda r: f"{r['scan_target'] or '-'} ({r['scan_anomaly_index']:.2f})")
     cells = [r for r in rows if r["defense"] != "clean_model"]
     out += ["", "## Residual ASR % of the trigger inverted on the backdoored model, through each defense "
             "(held-out validation images)", ""]

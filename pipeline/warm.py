@@ -1,4 +1,4 @@
-"""`rvpt stage` commands that start in a fraction of a second.
+"""`rvpt stage`, `rvpt defend` and `rvpt scan` commands that start in a fraction of a second.
 
 Importing torch, open_clip and mlflow costs 6-11 s of every stage process on a 2-core VM, more
 than most stages' own work. So a stage command asks a warm server (pipeline/warm_server.py), a
@@ -8,7 +8,8 @@ the caller exits with the child's exit code. Signals sent to the caller reach th
 caller is killed, the child kills itself.
 
 A server serves one state of the code. Its socket's name digests the interpreter, the import
-path, the environment that imports read, the installed packages' folder and the size and mtime
+path, the environment (but for variables that change per command and that no import reads), the
+installed packages' folder and the size and mtime
 of every pipeline/ and rvpt/ source file: an edit, or `uv sync`, starts a new server, and the
 old one exits once idle. A server exits after `startup.warm_s` idle seconds; `startup.warm_s: 0`
 makes every stage import everything itself. Results do not depend on which way a stage started
@@ -35,9 +36,13 @@ import time
 from pathlib import Path
 
 PACKAGES = ("pipeline", "rvpt")
-# Environment variables that are read while modules import, so they must match the server's.
-IMPORT_ENV = ("PYTHON", "TORCH", "PYTORCH", "OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS", "CUDA", "NCCL", "LD_",
-              "LANG", "LC_", "MLFLOW_CONFIGURE_LOGGING", "MLFLOW_LOGGING_LEVEL", "MPLBACKEND", "MPLCONFIGDIR")
+# Environment variables that change from one command to the next and that nothing reads while
+# importing: DVC's per-stage ones, pytest's, the shell's, MLflow's tracking server (read per
+# call). Every other variable is part of a server's name, since some library may read it on import
+# (huggingface_hub fixes its cache folder from HF_HUB_CACHE then).
+VOLATILE = ("PWD", "OLDPWD", "SHLVL", "_", "COLUMNS", "LINES", "XDG_RUNTIME_DIR", "MLFLOW_TRACKING_URI",
+            "RVPT_PROGRESS_S")
+VOLATILE_PREFIXES = ("DVC_", "PYTEST_", "MLFLOW_HTTP_REQUEST_")
 RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 START_TIMEOUT_S = 120  # a server imports for 6-11 s on a 2-core VM; past this the command runs cold
 HEADER = struct.Struct("!Q")
@@ -65,8 +70,9 @@ def idle_seconds(argv: list[str]) -> float:
 
 
 def eligible(argv: list[str]) -> bool:
-    """Pipeline stages only, on Linux, and never inside torchrun (its workers start on their own)."""
-    return (sys.platform.startswith("linux") and argv[:1] == ["stage"] and len(argv) > 1
+    """Commands that load torch (stages, `defend`, `scan`), on Linux, and never inside torchrun
+    (its workers start on their own)."""
+    return (sys.platform.startswith("linux") and argv[:1] in (["stage"], ["defend"], ["scan"]) and len(argv) > 1
             and "RANK" not in os.environ and "LOCAL_RANK" not in os.environ)
 
 
@@ -91,7 +97,7 @@ def fingerprint(roots: list[Path] | None = None) -> str:
     digest = hashlib.sha256()
     for part in (sys.executable, sys.version, *sys.path):
         digest.update(part.encode() + b"\0")
-    for key in sorted(k for k in os.environ if k.startswith(IMPORT_ENV)):
+    for key in sorted(k for k in os.environ if k not in VOLATILE and not k.startswith(VOLATILE_PREFIXES)):
         digest.update(f"{key}={os.environ[key]}\0".encode())
     if roots is None:
         roots = [Path(p) for name in PACKAGES for p in importlib.util.find_spec(name).submodule_search_locations]

@@ -29,8 +29,9 @@ from pipeline.warm import HEADER, STATUS, inside
 PRELOAD = ("torch", "open_clip", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "mlflow.pyfunc",
            "pipeline.cli", "pipeline.stages.download", "pipeline.stages.poison", "pipeline.stages.pretrain",
            "pipeline.stages.sample", "pipeline.stages.tune", "pipeline.stages.scan", "pipeline.stages.evaluate",
-           "pipeline.stages.report")
+           "pipeline.stages.report", "pipeline.defend", "pipeline.scan_model")
 MAX_REQUEST = 16 * 2 ** 20
+RECEIVE_TIMEOUT_S = 10
 
 
 def receive(conn: socket.socket) -> tuple[dict, list[int]]:
@@ -134,7 +135,9 @@ def serve(listener: socket.socket, path: Path, mine: int, idle: float) -> int | 
                 uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
                 if uid != os.getuid():
                     raise OSError("another user")
+                conn.settimeout(RECEIVE_TIMEOUT_S)  # a caller that connects and stalls must not stall the others
                 request, fds = receive(conn)
+                conn.settimeout(None)
             except (OSError, ValueError):
                 conn.close()
                 continue

@@ -150,6 +150,13 @@ def test_a_killed_stage_run_is_marked_killed_by_the_next_run(reproduced, tmp_pat
         time.sleep(0.5)
     os.killpg(stage.pid, signal.SIGKILL)
     stage.wait()
+    # The command forked its work from a warm server (pipeline/warm.py): that process dies as soon
+    # as it sees its caller gone, and the server reaps it; wait for that, as for a cold process.
+    tags = client.get_run(running[0].info.run_id).data.tags
+    recorded = {key: tags[f"rvpt.owner.{key}"] for key in ("host", "pid", "started")}
+    while not owner.gone(recorded):
+        assert time.monotonic() < deadline, "the stage's process outlived its command"
+        time.sleep(0.05)
     assert client.get_run(running[0].info.run_id).info.status == "RUNNING"
     code, _, err = call(project, "stage", "tune", "--attack", "badclip", "--defense", "rvpt")
     assert code == 0, err

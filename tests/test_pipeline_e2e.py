@@ -38,11 +38,16 @@ def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_pat
                     "transfer_clean_accuracy", "transfer_attack_success_rate"):
             assert -1.0 <= row[key] <= 1.0, (row["attack"], row["defense"], key)
         assert set(row["nuisance_probe"]) == {"colour", "texture", "scale", "tilt", "offset_x", "offset_y"}
-        # The scanner's verdict on the row's model, made without the trigger.
-        assert isinstance(row["scan_flagged"], bool) and row["target"] == "three"
-        assert row["scan_flagged"] == (row["scan_target"] is not None)
-        assert row["scan_target"] in (None, "zero", "one", "two", "three")
-        assert (row["scan_residual_success"] is None) == (row["defense"] == "clean_model")
+        # The scanner's verdict on the row's model, made without the trigger: a defended cell gets only
+        # the residual ASR of its backdoored model's inverted trigger (scan.defended: residual).
+        assert row["target"] == "three"
+        if row["defense"] == "clean_model":
+            assert isinstance(row["scan_flagged"], bool) and row["scan_flagged"] == (row["scan_target"] is not None)
+            assert row["scan_target"] in (None, "zero", "one", "two", "three")
+            assert row["scan_residual_success"] is None
+        else:
+            assert row["scan_flagged"] is None and row["scan_anomaly_index"] is None
+            assert 0 <= row["scan_residual_success"] <= 1
     by_cell = {(r["attack"], r["defense"]): r for r in rows}
     assert by_cell["badnet", "rvpt"]["trainable_params"] == 2 * 4 * 32 == by_cell["badclip", "rvpt"]["trainable_params"]
     assert by_cell["badnet", "cleanclip"]["trainable_params"] > 100 * by_cell["badnet", "rvpt"]["trainable_params"]
@@ -54,7 +59,7 @@ def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_pat
     assert "Trigger inversion, without the trigger" in report and "the true trigger (target three)" in report
     scans = json.loads((project / "scans" / "scans.json").read_text())["models"]
     assert set(scans) == {"clean_model", "badnet", "badclip", *(f"{a}-{d}" for a, d in CELLS)}
-    assert all((project / "scans" / f"{name}.png").exists() for name in scans)
+    assert {p.stem for p in (project / "scans").glob("*.png")} == {"clean_model", "badnet", "badclip"}
     assert "## Trigger inversion without the trigger" in (project / "results" / "summary.md").read_text()
     run(["dvc", "plots", "show", "-o", "dvc_plots"], project)
     page = (project / "dvc_plots" / "index.html").read_text()
@@ -129,6 +134,18 @@ def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_pat
     second = run(["dvc", "repro"], project)
     assert "rvpt stage" not in second.stdout
     assert len(client.search_runs([experiment.experiment_id])) == len(runs)
+
+    # scan.defended: full also scans each defended model itself; the residual ASRs stay as they were.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["scan"]["defended"] = "full"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro", "scan"], project)
+    full = json.loads((project / "scans" / "scans.json").read_text())["models"]
+    for attack, defense in CELLS:
+        cell = f"{attack}-{defense}"
+        assert full[cell]["residual_success"] == scans[cell]["residual_success"]
+        assert isinstance(full[cell]["flagged"], bool) and (project / "scans" / f"{cell}.png").exists()
+    run(["git", "checkout", "params.yaml"], project)
 
     # Changing one attack's parameters reruns only that attack's cells (and the table); DVC's plan
     # says so without running it (test_memo runs such a rerun).

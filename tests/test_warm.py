@@ -18,8 +18,13 @@ from pipeline import warm
 TUNE = ["stage", "tune", "--attack", "badnet", "--defense", "rvpt"]
 
 
-def private(tmp_path: Path) -> dict:
-    """An environment whose warm servers live in a folder of this test's own."""
+def private(tmp_path: Path, *projects: Path) -> dict:
+    """An environment whose warm servers live in a folder of this test's own, and exit 20 s after
+    the test's last stage (the projects' startup.warm_s)."""
+    for project in projects:
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        params["startup"]["warm_s"] = params["startup"]["warm_s"] and 20
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700)
     return environment({"XDG_RUNTIME_DIR": str(runtime)})
@@ -45,7 +50,7 @@ def test_a_warm_stage_writes_what_a_cold_one_does(reproduced, tmp_path):
     assert params["startup"]["warm_s"] > 0  # the default starts warm
     params["startup"]["warm_s"] = 0
     (cold / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = private(tmp_path)
+    env = private(tmp_path, cold, hot)
     results = [rvpt(project, env, *TUNE) for project in (cold, hot)]
     for result in results:
         assert result.returncode == 0, result.stderr
@@ -62,7 +67,8 @@ def test_a_warm_stage_writes_what_a_cold_one_does(reproduced, tmp_path):
 
 
 def test_a_killed_caller_takes_its_stage_with_it(reproduced, tmp_path):
-    project, env = copy_of(reproduced, tmp_path), private(tmp_path)
+    project = copy_of(reproduced, tmp_path)
+    env = private(tmp_path, project)
     caller = subprocess.Popen([str(BIN / "rvpt"), *TUNE, "--epochs", "5000"], cwd=project, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

@@ -62,8 +62,8 @@ def with_scan(row: dict, scans: dict) -> None:
     if name not in scans:
         raise BadInput(f"{paths.SCANS / 'scans.json'}: no scan of {name} (rerun `rvpt stage scan`)")
     found = scans[name]
-    row.update({"scan_flagged": found["flagged"], "scan_target": found["target"],
-                "scan_anomaly_index": found["anomaly_index"], "scan_held_out_success": found["held_out_success"],
+    row.update({"scan_flagged": found.get("flagged"), "scan_target": found.get("target"),
+                "scan_anomaly_index": found.get("anomaly_index"), "scan_held_out_success": found.get("held_out_success"),
                 "scan_residual_success": found.get("residual_success")})
 
 

@@ -1,5 +1,6 @@
-"""Stage `scan`: trigger inversion (rvpt/scan.py) on every model of the matrix, as a defender who
-never has the trigger would run it: the clean model, each backdoored model and each defended cell.
+"""Stage `scan`: trigger inversion (rvpt/scan.py) on the matrix's models, as a defender who never
+has the trigger would run it: the clean model, each backdoored model and, with `scan.defended:
+full`, each defended cell too.
 
 The triggers are optimised on the defender's shots; the suspect trigger's ASR is measured on
 held-out validation images. The test split and the attacks' triggers are never read. For a
@@ -44,12 +45,16 @@ class Backdoored:
         self._scan, picture = self.scanner(zero_shot(self.params, self.model), self.attack)
         return self._scan.report(), picture
 
-    def cell(self, defense: str, tokenize) -> tuple[dict, bytes]:
+    def cell(self, defense: str, tokenize, full: bool) -> tuple[dict, bytes | None]:
+        """The residual ASR through the defense; with `full`, also the defended model's own scan and picture."""
         if self._scan is None:
             self.scanned()
         defended, _ = load_defended(self.params, self.attack, defense, self.model, tokenize)
+        residual = {"residual_success": self.scanner.residual(defended, self._scan)}
+        if not full:
+            return residual, None
         result, picture = self.scanner(defended, f"{self.attack}-{defense}")
-        return {**result.report(), "residual_success": self.scanner.residual(defended, self._scan)}, picture
+        return {**result.report(), **residual}, picture
 
 
 def needs(params: Params):
@@ -99,18 +104,20 @@ def run(params: Params) -> str:
                 reports[cell] = {**reports[attack], "residual_success": reports[attack]["held_out_success"]}
                 continue
             remembered(cell, memo.key(attack, defense, [backdoored.folder, folder]),
-                       lambda: backdoored.cell(defense, tokenize))
+                       lambda: backdoored.cell(defense, tokenize, params.scan.defended == "full"))
 
     logged = {"scan": params.scan.model_dump(), "shots": params.sample.shots, "held_out": len(scanner.held[1])}
     with stage_run("scan", params.tracking.experiment, logged, upstream) as log:
         with artifacts.atomic_dir(paths.SCANS) as out:
             artifacts.write_json(out / "scans.json", {"classes": scanner.classes, "models": reports})
             for name, png in pictures.items():
-                (out / f"{name}.png").write_bytes(png)
+                if png is not None:
+                    (out / f"{name}.png").write_bytes(png)
         log.artifact(paths.SCANS / "scans.json")
         for name, report in reports.items():
-            log.metric(f"{name}.scan_anomaly_index", report["anomaly_index"])
-            log.metric(f"{name}.scan_flagged", float(report["flagged"]))
+            if "anomaly_index" in report:  # a model scanned itself, not only through its backdoored model
+                log.metric(f"{name}.scan_anomaly_index", report["anomaly_index"])
+                log.metric(f"{name}.scan_flagged", float(report["flagged"]))
             if "residual_success" in report:
                 log.metric(f"{name}.scan_residual_success", report["residual_success"])
     flagged = [f"{name} -> {reports[name]['target']}" for name in [CLEAN_ROW, *params.run.attacks]
