@@ -67,9 +67,9 @@ def main() -> None:
     finally:
         (project / "params.yaml").write_bytes(original)
         shutil.rmtree(runtime, ignore_errors=True)  # the idle server exits on its own; its socket goes here
-    print(f"{'command':<42} {'cold: median (min-max)':<26} warm: median (min-max)")
+    print(f"{'command':<51} {'cold: median (min-max)':<26} warm: median (min-max)")
     for label, row in results.items():
-        print(f"rvpt {label:<37} {row['cold']:<26} {row['warm']}")
+        print(f"rvpt {label:<46} {row['cold']:<26} {row['warm']}")
 
 
 if __name__ == "__main__":
