@@ -4,8 +4,8 @@ open_clip and mlflow) against warm (forked from a server that imported them: pip
     uv run python bench/startup.py PROJECT [--runs 7]
 
 PROJECT is a project after `dvc repro`, or a copy of one: the runs rewrite its shots and one
-undefended cell (the same tensors, new MLflow run ids) and log runs to its store. Each command runs alone, one after the other, `--runs` times; printed: the median
-and the range, in seconds. The warm server is started (and its start timed) before the warm runs.
+undefended cell (the same tensors, new MLflow run ids) and log runs to its store. Each command
+runs alone, one after the other, `--runs` times; printed: the median and the range, in seconds. The warm server is started (and its start timed) before the warm runs.
 Commands, each as `rvpt ...` in PROJECT:
 - `stage sample`: writes the shots and logs its MLflow run;
 - `stage sample --shots 0`: refused with exit 2 after params validation, before any work;
@@ -49,9 +49,10 @@ def main() -> None:
     project = args.project.resolve()
     params = yaml.safe_load((project / "params.yaml").read_text())
     attack = params["run"]["attacks"][0]
-    commands = [("stage sample", ["stage", "sample"], 0), ("stage sample --shots 0", ["stage", "sample", "--shots", "0"], 2),
-                (f"stage tune --attack {attack} --defense none", ["stage", "tune", "--attack", attack, "--defense", "none"], 0),
-                ("--help", ["--help"], 0)]
+    tune = ["stage", "tune", "--attack", attack, "--defense", "none"]
+    commands = [("stage sample", ["stage", "sample"], 0),
+                ("stage sample --shots 0", ["stage", "sample", "--shots", "0"], 2),
+                (" ".join(tune), tune, 0), ("--help", ["--help"], 0)]
     original = (project / "params.yaml").read_bytes()
     runtime = Path(tempfile.mkdtemp(prefix="rvpt-bench-"))  # a server of its own, started here
     os.environ["XDG_RUNTIME_DIR"] = str(runtime)

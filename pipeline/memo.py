@@ -76,6 +76,25 @@ class Memo:
         self._write(self.folder / f"{name}.json",
                     json.dumps({"key": key, "value": value, "picture": picture is not None}).encode())
 
+    def put_tensors(self, name: str, key: str, tensors: dict) -> None:
+        """Tensors beside an entry (e.g. an inverted trigger), under the same key."""
+        from safetensors.torch import save
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._write(self.folder / f"{name}.safetensors", save(tensors, metadata={"key": key}))
+
+    def get_tensors(self, name: str, key: str) -> dict | None:
+        from safetensors import SafetensorError
+        from safetensors.torch import safe_open
+
+        try:
+            with safe_open(self.folder / f"{name}.safetensors", "pt") as stored:
+                if (stored.metadata() or {}).get("key") != key:
+                    return None
+                return {k: stored.get_tensor(k) for k in stored.keys()}
+        except (OSError, SafetensorError):
+            return None
+
     @staticmethod
     def _write(path: Path, payload: bytes) -> None:
         """Whole or not at all: a parallel run or a kill never leaves half an entry."""

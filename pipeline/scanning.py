@@ -61,6 +61,36 @@ class Scanner:
         defended.to(self.device)
         return scanning(self.params, defended, self.classes, self.shots, self.held, desc=f"scan {name}")
 
-    def residual(self, defended, backdoored: scan.Scan) -> float:
+    def residual(self, defended, suspect: "Suspect") -> float:
         """The backdoored model's suspect trigger's held-out ASR on `defended`."""
-        return scan.suspect_success(backdoored, defended, *self.held, self.params.evaluate.batch_size)
+        return scan.success_rate(defended, self.classes, suspect.triggers, suspect.label, *self.held,
+                                 self.params.evaluate.batch_size)
+
+
+class Suspect:
+    """The one trigger a scan suspects most, and its class: all that a residual ASR applies. It can
+    be stored as tensors (`tensors`, `from_tensors`), so a remembered scan need not be redone."""
+
+    def __init__(self, triggers: scan.Triggers, label: int):
+        self.triggers, self.label = triggers, label
+
+    @classmethod
+    def of(cls, result: scan.Scan) -> "Suspect":
+        kind, label = result.suspect()
+        return cls(result.triggers[kind], label)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        t, c = self.triggers, self.label
+        word = {} if t.words is None else {"word": torch.tensor(t.words[c])}
+        return {"mask": t.masks[c].cpu().contiguous(), "pattern": t.patterns[c].cpu().contiguous(),
+                "label": torch.tensor(c), **word}
+
+    @classmethod
+    def from_tensors(cls, kind: str, tensors: dict[str, torch.Tensor], classes: int) -> "Suspect":
+        """Every class row holds the suspect trigger; only the suspect's row is ever applied."""
+        rows = lambda t: t.unsqueeze(0).repeat(classes, *([1] * t.dim()))  # noqa: E731
+        word = tensors.get("word")
+        triggers = scan.Triggers(kind, rows(tensors["mask"]), rows(tensors["pattern"]), torch.ones(classes),
+                                 torch.ones(classes, dtype=torch.bool),
+                                 words=None if word is None else [int(word)] * classes)
+        return cls(triggers, int(tensors["label"]))

@@ -11,7 +11,9 @@ import yaml
 from conftest import TINY_MODEL, brought_files, run, smoke_params, tree
 from hostile import malicious_checkpoint
 
+from pipeline.memo import Memo
 from pipeline.params import validate
+from pipeline.scanning import Suspect
 from rvpt import attacks, models, scan
 from rvpt.defenses import ZeroShot
 from rvpt.defenses.coop import CoOp
@@ -97,6 +99,22 @@ def test_a_planted_patch_backdoor_is_found_with_its_target(backdoored):
     patch = result.triggers["patch"]
     assert patch.sizes[TARGET] < 0.5 * patch.sizes.median()
     assert scan.held_out_success(result, backdoored, held_images, held_labels) > 0.8
+
+
+def test_a_remembered_suspect_trigger_gives_the_residual_asr_of_the_scan_itself(backdoored, clean, tmp_path):
+    """The scan stage keeps the backdoored model's suspect trigger in its memo, so that a defended
+    cell's residual ASR needs no new scan; what is read back must measure exactly what the scan does."""
+    images, labels = swatches(16, seed=2)
+    held = swatches(20, seed=3)
+    result = scan.scan(backdoored, CLASSES, images, labels, SETTINGS)
+    memo = Memo("scan", validate(smoke_params()), [])
+    memo.folder = tmp_path
+    memo.put_tensors("badnet.suspect", "key", Suspect.of(result).tensors())
+    assert memo.get_tensors("badnet.suspect", "another key") is None
+    kept = Suspect.from_tensors(result.suspect()[0], memo.get_tensors("badnet.suspect", "key"), len(CLASSES))
+    for model in (backdoored, clean):  # the model scanned, and a stand-in for a defense of it
+        expected = scan.suspect_success(result, model, *held)
+        assert scan.success_rate(model, CLASSES, kept.triggers, kept.label, *held) == expected
 
 
 def test_a_clean_model_is_not_flagged(clean):

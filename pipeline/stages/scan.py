@@ -17,7 +17,7 @@ from pipeline.cells import load_defended, tune_record
 from pipeline.evaluation import backdoored_run_id, load_backdoored, zero_shot
 from pipeline.memo import Memo
 from pipeline.params import Params
-from pipeline.scanning import Scanner
+from pipeline.scanning import Scanner, Suspect
 from pipeline.tracking import stage_run
 from rvpt import models
 from rvpt.progress import progress
@@ -27,13 +27,15 @@ CLEAN_ROW = "clean_model"
 
 class Backdoored:
     """An attack's backdoored model, loaded and scanned only when a result the memo lacks needs it:
-    a defended cell's residual ASR is measured with the trigger inverted on this model."""
+    a defended cell's residual ASR is measured with the trigger inverted on this model, which the
+    memo keeps beside the model's scan."""
 
-    def __init__(self, params: Params, scanner: Scanner, attack: str):
-        self.params, self.scanner, self.attack = params, scanner, attack
+    def __init__(self, params: Params, scanner: Scanner, memo: Memo, attack: str):
+        self.params, self.scanner, self.memo, self.attack = params, scanner, memo, attack
         self.folder = paths.backdoored(attack)
         self.run_id = backdoored_run_id(attack)
-        self._model, self._scan = None, None
+        self.key = memo.key(attack, None, [self.folder])
+        self._model, self._suspect = None, None
 
     @property
     def model(self):
@@ -42,15 +44,26 @@ class Backdoored:
         return self._model
 
     def scanned(self) -> tuple[dict, bytes]:
-        self._scan, picture = self.scanner(zero_shot(self.params, self.model), self.attack)
-        return self._scan.report(), picture
+        result, picture = self.scanner(zero_shot(self.params, self.model), self.attack)
+        self._suspect = Suspect.of(result)
+        self.memo.put_tensors(f"{self.attack}.suspect", self.key, self._suspect.tensors())
+        return result.report(), picture
 
-    def cell(self, defense: str, tokenize, full: bool) -> tuple[dict, bytes | None]:
+    def suspect(self, report: dict) -> Suspect:
+        """The suspect trigger of this model's scan (`report`): remembered, or scanned again."""
+        if self._suspect is None:
+            kept = self.memo.get_tensors(f"{self.attack}.suspect", self.key)
+            if kept is not None:
+                self._suspect = Suspect.from_tensors(report["suspect_kind"], kept, len(self.scanner.classes))
+            else:
+                self.scanned()
+        return self._suspect
+
+    def cell(self, defense: str, tokenize, full: bool, report: dict) -> tuple[dict, bytes | None]:
         """The residual ASR through the defense; with `full`, also the defended model's own scan and picture."""
-        if self._scan is None:
-            self.scanned()
+        suspect = self.suspect(report)
         defended, _ = load_defended(self.params, self.attack, defense, self.model, tokenize)
-        residual = {"residual_success": self.scanner.residual(defended, self._scan)}
+        residual = {"residual_success": self.scanner.residual(defended, suspect)}
         if not full:
             return residual, None
         result, picture = self.scanner(defended, f"{self.attack}-{defense}")
@@ -92,9 +105,9 @@ def run(params: Params) -> str:
     artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean")
     remembered(CLEAN_ROW, memo.key(None, None, [paths.CLEAN_MODEL]), scan_clean)
     for attack in progress(params.run.attacks, "scan attacks"):
-        backdoored = Backdoored(params, scanner, attack)
+        backdoored = Backdoored(params, scanner, memo, attack)
         upstream[f"upstream.pretrain.{attack}"] = backdoored.run_id
-        remembered(attack, memo.key(attack, None, [backdoored.folder]), backdoored.scanned)
+        remembered(attack, backdoored.key, backdoored.scanned)
         for defense in params.run.defenses:
             cell = f"{attack}-{defense}"
             folder = paths.defended(attack, defense)
@@ -104,7 +117,7 @@ def run(params: Params) -> str:
                 reports[cell] = {**reports[attack], "residual_success": reports[attack]["held_out_success"]}
                 continue
             remembered(cell, memo.key(attack, defense, [backdoored.folder, folder]),
-                       lambda: backdoored.cell(defense, tokenize, params.scan.defended == "full"))
+                       lambda: backdoored.cell(defense, tokenize, params.scan.defended == "full", reports[attack]))
 
     logged = {"scan": params.scan.model_dump(), "shots": params.sample.shots, "held_out": len(scanner.held[1])}
     with stage_run("scan", params.tracking.experiment, logged, upstream) as log:
