@@ -50,9 +50,10 @@ STATUS = struct.Struct("!i")
 
 
 def idle_seconds(argv: list[str]) -> float:
-    """startup.warm_s from the params file the command names (0 when it cannot be read: the
-    command then runs cold and reports any problem with the file itself)."""
-    import yaml
+    """startup.warm_s from the params file the command names, read as warily as the command reads
+    it (pipeline/params_file.py: a FIFO, /dev/zero or an alias bomb is refused unread); 0 when it
+    cannot be read, so that the command runs cold and reports the problem itself."""
+    from pipeline.params_file import read
 
     path = "params.yaml"
     for i, arg in enumerate(argv):
@@ -61,9 +62,7 @@ def idle_seconds(argv: list[str]) -> float:
         elif arg.startswith("--params="):
             path = arg.split("=", 1)[1]
     try:
-        with open(path, "rb") as handle:
-            params = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-        value = params["startup"]["warm_s"]
+        value = read(Path(path))["startup"]["warm_s"]
     except Exception:  # any problem is the cold command's to report
         return 0.0
     return float(value) if isinstance(value, (int, float)) and 0 < value <= 86_400 else 0.0

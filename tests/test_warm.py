@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import BIN, copy_of, environment
+from conftest import BIN, copy_of, environment, one_error_line
 from pipeline import warm
 
 TUNE = ["stage", "tune", "--attack", "badnet", "--defense", "rvpt"]
@@ -88,3 +88,18 @@ def test_an_edit_to_the_code_changes_the_servers_name(tmp_path):
     assert warm.fingerprint([tmp_path]) == before
     (tmp_path / "module.py").write_text("x = 22\n")
     assert warm.fingerprint([tmp_path]) != before
+
+
+def test_a_hostile_params_file_is_refused_before_any_server_is_asked(tmp_path):
+    """The client reads startup.warm_s as warily as the command reads params: a FIFO (which would
+    block a plain read) or an alias bomb gets the command's own one-line refusal, exit 2."""
+    env = private(tmp_path)
+    os.mkfifo(tmp_path / "fifo.yaml")
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    (tmp_path / "bomb.yaml").write_text(bomb)
+    for name, said in (("fifo.yaml", "not a regular file"), ("bomb.yaml", "values")):
+        refused = subprocess.run([str(BIN / "rvpt"), "stage", "sample", "--params", name], cwd=tmp_path, env=env,
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and said in one_error_line(refused.stderr), refused.stderr
+    assert not served(env)
