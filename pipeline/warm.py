@@ -190,7 +190,10 @@ def wait(conn: socket.socket) -> int:
         signal.signal(number, lambda signum, frame: conn.send(bytes([signum])))
     status = b""
     while len(status) < STATUS.size:
-        chunk = conn.recv(STATUS.size - len(status))
+        try:
+            chunk = conn.recv(STATUS.size - len(status))
+        except OSError:
+            chunk = b""
         if not chunk:
             print("rvpt: error: the stage's process ended without an exit status", file=sys.stderr)
             return 1

@@ -182,5 +182,6 @@ def main(argv: list[str]) -> None:
     try:
         if os.stat(path).st_ino == mine:
             path.unlink()
+            path.with_suffix(".log").unlink()  # kept only when a server dies otherwise, to read why
     except OSError:
         pass

@@ -36,7 +36,7 @@ def defend(root, *extra, model="model", data="images"):
                 "--cache", str(root / "cache"), *extra], root, check=False)
 
 
-def test_defend_writes_an_open_clip_model_with_prompts_and_reports_ca(brought):
+def test_defend_writes_an_open_clip_model_with_prompts_and_reports_ca(brought, monkeypatch):
     result = defend(brought)
     assert result.returncode == 0, result.stderr
     assert "CA before" in result.stdout and "after" in result.stdout
@@ -73,9 +73,16 @@ def test_defend_writes_an_open_clip_model_with_prompts_and_reports_ca(brought):
     [version] = client.search_model_versions("name = 'rvpt-defend-rvpt'")
     assert version.run_id == run.info.run_id
     blobs = [p.read_bytes() for p in sorted((brought / "images" / "one").glob("*.*"))[:3]]
+    # set_tracking_uri also sets MLFLOW_TRACKING_URI; monkeypatch takes it out again after the test,
+    # so that later in-process stages of this worker log to their own project's store.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
+    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(client.tracking_uri)
-    served = mlflow.pyfunc.load_model(f"models:/rvpt-defend-rvpt/{version.version}").predict(
-        pd.DataFrame({"image": blobs}))
+    try:
+        served = mlflow.pyfunc.load_model(f"models:/rvpt-defend-rvpt/{version.version}").predict(
+            pd.DataFrame({"image": blobs}))
+    finally:
+        mlflow.set_tracking_uri(previous)
     assert list(served.columns) == report["classes"]
     templates = yaml.safe_load((brought / "params.yaml").read_text())["defend"]["templates"]
     mine = KINDS["prompt"].load(original, brought / "out", models.tokenizer(TINY_MODEL), templates)

@@ -28,7 +28,7 @@ def test_a_cells_ca_drop_is_taken_against_its_attacks_undefended_model():
     assert logged["r3"] == {"test_clean_accuracy": 0.6, "test_attack_success_rate": 0.3}  # b has no undefended cell
 
 
-def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_path):
+def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_path, monkeypatch):
     project = copy_of(reproduced, tmp_path)
     rows = json.loads((project / "results" / "summary.json").read_text())["rows"]
     assert [(r["attack"], r["defense"]) for r in rows] == \
@@ -109,6 +109,7 @@ def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_pat
         assert cell_run.data.metrics["test_attack_success_rate"] == by_cell[attack, defense]["attack_success_rate"]
         assert cell_run.data.metrics["test_clean_accuracy"] == by_cell[attack, defense]["clean_accuracy"]
     previous = mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)  # undone after the test, as set_... sets it
     mlflow.set_tracking_uri(client.tracking_uri)  # a client's load_table still searches the global store
     try:
         table = client.load_table(experiment.experiment_id, "matrix.json", run_ids=[evaluate.info.run_id])
