@@ -5,7 +5,8 @@ open_clip and mlflow) against warm (forked from a server that imported them: pip
 
 PROJECT is a project after `dvc repro`, or a copy of one: the runs rewrite its shots and one
 undefended cell (the same tensors, new MLflow run ids) and log runs to its store. Each command
-runs alone, one after the other, `--runs` times; printed: the median and the range, in seconds. The warm server is started (and its start timed) before the warm runs.
+runs alone, one after the other, `--runs` times; printed: the median and the range, in seconds.
+The warm server is started (and its start timed) before the warm runs.
 Commands, each as `rvpt ...` in PROJECT:
 - `stage sample`: writes the shots and logs its MLflow run;
 - `stage sample --shots 0`: refused with exit 2 after params validation, before any work;

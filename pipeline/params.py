@@ -13,6 +13,7 @@ from pipeline.params_defenses import KINDS as DEFENSE_KINDS
 from pipeline.params_defenses import MAX_BATCH, MAX_LR, MAX_STEPS, MAX_WEIGHT, Defense
 from pipeline.params_scan import Scan
 from pipeline.paths import check_name
+from pipeline.warm import MAX_IDLE_S
 from rvpt.attacks import build as build_attack
 from rvpt import model_config
 from rvpt.errors import BadInput, shown
@@ -138,7 +139,7 @@ class Tracking(Strict):
 
 
 class Startup(Strict):
-    warm_s: float = Field(ge=0, le=86_400)  # pipeline/warm.py
+    warm_s: float = Field(ge=0, le=MAX_IDLE_S)  # pipeline/warm.py
 
 
 class Defend(Strict):

@@ -9,11 +9,11 @@ caller is killed, the child kills itself.
 
 A server serves one state of the code. Its socket's name digests the interpreter, the import
 path, the environment (but for variables that change per command and that no import reads), the
-installed packages' folder and the size and mtime
-of every pipeline/ and rvpt/ source file: an edit, or `uv sync`, starts a new server, and the
-old one exits once idle. A server exits after `startup.warm_s` idle seconds; `startup.warm_s: 0`
-makes every stage import everything itself. Results do not depend on which way a stage started
-(tests/test_warm.py compares the outputs byte for byte).
+installed packages' folder and the size and mtime of every pipeline/ and rvpt/ source file: an
+edit, or `uv sync`, starts a new server, and the old one exits once idle. A server exits after
+`startup.warm_s` idle seconds; `startup.warm_s: 0` makes every stage import everything itself.
+Results do not depend on which way a stage started (tests/test_warm.py compares the trained
+tensors, the loss curve and the output).
 
 The sockets live in a folder only this user can enter ($XDG_RUNTIME_DIR, else the temporary
 folder); a server also checks each caller's uid. Anything unusual (no such folder, a foreign
@@ -44,6 +44,7 @@ VOLATILE = ("PWD", "OLDPWD", "SHLVL", "_", "COLUMNS", "LINES", "XDG_RUNTIME_DIR"
             "RVPT_PROGRESS_S")
 VOLATILE_PREFIXES = ("DVC_", "PYTEST_", "MLFLOW_HTTP_REQUEST_")
 RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+MAX_IDLE_S = 86_400  # the bound of startup.warm_s (pipeline/params.py)
 START_TIMEOUT_S = 120  # a server imports for 6-11 s on a 2-core VM; past this the command runs cold
 HEADER = struct.Struct("!Q")
 STATUS = struct.Struct("!i")
@@ -65,7 +66,7 @@ def idle_seconds(argv: list[str]) -> float:
         value = read(Path(path))["startup"]["warm_s"]
     except Exception:  # any problem is the cold command's to report
         return 0.0
-    return float(value) if isinstance(value, (int, float)) and 0 < value <= 86_400 else 0.0
+    return float(value) if isinstance(value, (int, float)) and 0 < value <= MAX_IDLE_S else 0.0
 
 
 def eligible(argv: list[str]) -> bool:
@@ -120,13 +121,17 @@ def inside(base: Path):
         os.close(back)
 
 
+def peer_uid(conn: socket.socket) -> int:
+    """The uid of the process at the other end of a Unix socket, as the kernel vouches for it."""
+    return struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+
+
 def connect(path: Path) -> socket.socket | None:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         with inside(path.parent):
             conn.connect(path.name)
-        uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
-        if uid == os.getuid():
+        if peer_uid(conn) == os.getuid():
             return conn
     except OSError:
         pass
@@ -195,7 +200,7 @@ def wait(conn: socket.socket) -> int:
         except OSError:
             chunk = b""
         if not chunk:
-            print("rvpt: error: the stage's process ended without an exit status", file=sys.stderr)
+            print("rvpt: error: the command's process ended without an exit status", file=sys.stderr)
             return 1
         status += chunk
     code = STATUS.unpack(status)[0]

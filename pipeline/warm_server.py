@@ -1,4 +1,5 @@
-"""The process that `rvpt stage` commands fork from (see pipeline/warm.py for why and how).
+"""The process that `rvpt stage`, `rvpt defend` and `rvpt scan` commands fork from (see
+pipeline/warm.py for why and how).
 
 It imports what stages import, then waits on its socket. For each caller it forks a child that
 takes the caller's folder, environment, umask, import path and standard streams and runs the
@@ -15,14 +16,13 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
 import traceback
 from pathlib import Path
 
-from pipeline.warm import HEADER, STATUS, inside
+from pipeline.warm import HEADER, STATUS, inside, peer_uid
 
 # What stage commands import, by name: the server is launched, never imported, so these do not
 # count as any stage's code dependencies.
@@ -132,8 +132,7 @@ def serve(listener: socket.socket, path: Path, mine: int, idle: float) -> int | 
             conn, _ = listener.accept()
             last = time.monotonic()
             try:
-                uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
-                if uid != os.getuid():
+                if peer_uid(conn) != os.getuid():
                     raise OSError("another user")
                 conn.settimeout(RECEIVE_TIMEOUT_S)  # a caller that connects and stalls must not stall the others
                 request, fds = receive(conn)

@@ -63,7 +63,8 @@ def with_scan(row: dict, scans: dict) -> None:
         raise BadInput(f"{paths.SCANS / 'scans.json'}: no scan of {name} (rerun `rvpt stage scan`)")
     found = scans[name]
     row.update({"scan_flagged": found.get("flagged"), "scan_target": found.get("target"),
-                "scan_anomaly_index": found.get("anomaly_index"), "scan_held_out_success": found.get("held_out_success"),
+                "scan_anomaly_index": found.get("anomaly_index"),
+                "scan_held_out_success": found.get("held_out_success"),
                 "scan_residual_success": found.get("residual_success")})
 
 
