@@ -20,7 +20,11 @@ from pipeline.tracking import repo_root
 
 FOLDER = Path(".rvpt/memo")                     # beside the training checkpoints, under the repository root
 SOURCE = Path(__file__).resolve().parents[1]   # holds pipeline/ and rvpt/
-UNUSED = ("run", "tracking", "defend", "startup")  # which cells run, where runs are logged, `rvpt defend`, start-up
+# Params that reach no result of evaluate or scan: which cells run, where runs are logged, `rvpt
+# defend`, start-up, and `tune` (the defense's seed and checkpointing), which reaches a result only
+# through the defended cell's files, already in its key; so a study over defense seeds reads
+# every backdoored model's results back.
+UNUSED = ("run", "tracking", "defend", "startup", "tune")
 
 
 def digest_files(paths: list[Path], root: Path | None = None) -> str:

@@ -2,13 +2,14 @@
 
     uv run python scripts/study.py queue NAME --data-seeds 0 1 --defense-seeds 0 1 2 [-S key=value ...]
     dvc queue start -j 1        # one worker: two torch jobs on 2 cores slow each other down 10x
-    uv run python scripts/study.py table [NAME ...]
+    uv run python scripts/study.py table [NAME ...] [--per-data-seed]   # per attack: mean ± std
+    uv run python scripts/study.py axes [NAME ...] [--per-data-seed]    # a row per study, for sweeps
 
 Each experiment is named NAME-s<seed>-t<defense seed> and changes only `seed` (world, poisoning,
 shots) and `tune.seed` (the defense's own), plus the -S settings every run of NAME shares. The
 table groups runs by NAME: test CA and ASR come from `dvc exp show` (results/ca/ and results/asr/), the
-validation CA the defense was tuned for from its MLflow tune run. Validation ASR is never shown
-here: the defender has no trigger, so nothing is chosen by it.
+validation CA RVPT was tuned for from the MLflow run that tuned each cell. Validation ASR is never
+shown here: the defender has no trigger, so nothing is chosen by it.
 """
 from __future__ import annotations
 
@@ -33,20 +34,21 @@ def queue(study: str, data_seeds: list[int], defense_seeds: list[int], settings:
 
 
 def experiments(studies: list[str]) -> dict[str, dict]:
-    """name -> {"metrics": {attack: {defense: {clean_accuracy, attack_success_rate}}}, "params": params.yaml}
-    for every finished experiment."""
+    """name -> {"metrics": {attack: {defense: {clean_accuracy, attack_success_rate}}}, "study", "rev": its
+    commit} for every finished experiment (a queued or running one shows its baseline's files)."""
     shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True,
                                       check=True).stdout)
     found = {}
     for baseline in shown:
         for group in baseline.get("experiments") or []:
+            if (group.get("executor") or {}).get("state", "success") != "success":
+                continue
             for rev in group["revs"]:
                 name, data = rev.get("name") or "", rev.get("data") or {}
                 match = EXP_NAME.fullmatch(name)
                 metrics = cells(data.get("metrics") or {})
                 if match and metrics and (not studies or match["study"] in studies):
-                    found[name] = {"metrics": metrics, "params": data["params"]["params.yaml"]["data"],
-                                   "study": match["study"]}
+                    found[name] = {"metrics": metrics, "study": match["study"], "rev": rev["rev"]}
     return found
 
 
@@ -61,21 +63,24 @@ def cells(files: dict) -> dict:
     return found
 
 
-def validation_accuracy(names: list[str], experiment: str) -> dict[tuple[str, str, str], float]:
-    """(exp name, attack, defense) -> validation CA of that experiment's latest tune run."""
+def validation_accuracy(runs: dict[str, dict]) -> dict[tuple[str, str], float]:
+    """(exp name, attack) -> the validation CA of the MLflow run that tuned RVPT for that cell. The
+    run is the one the cell's tune.json names in the experiment's outputs: a cell DVC kept from an
+    earlier run (unchanged deps) names that earlier run."""
     import mlflow
+    from dvc.api import DVCFileSystem
 
     from pipeline.tracking import tracking_uri
 
-    client = mlflow.MlflowClient(tracking_uri())
-    found = client.get_experiment_by_name(experiment)
-    out = {}
-    for name in names if found else []:
-        for run in client.search_runs([found.experiment_id], f"tags.`rvpt.stage` = 'tune' and tags.`dvc.exp` = '{name}'",
-                                      order_by=["attributes.start_time ASC"]):
-            key = (name, run.data.tags.get("attack"), run.data.tags.get("defense"))
-            if "val_clean_accuracy" in run.data.metrics:
-                out[key] = run.data.metrics["val_clean_accuracy"]
+    client, out = mlflow.MlflowClient(tracking_uri()), {}
+    for name, run in runs.items():
+        outputs = DVCFileSystem(".", rev=run["rev"])
+        for attack in run["metrics"]:
+            path = f"defended/{attack}-rvpt/tune.json"
+            if outputs.exists(path):
+                metrics = client.get_run(json.loads(outputs.read_text(path))["mlflow_run_id"]).data.metrics
+                if "val_clean_accuracy" in metrics:
+                    out[(name, attack)] = metrics["val_clean_accuracy"]
     return out
 
 
@@ -86,24 +91,72 @@ def spread(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * std:.1f}"
 
 
-def table(studies: list[str]) -> str:
+def mean(values: list[float]) -> str:
+    return f"{100 * statistics.mean(values):.1f}" if values else "-"
+
+
+def seed_pair(name: str) -> tuple[int, int]:
+    match = EXP_NAME.fullmatch(name)
+    return int(match["seed"]), int(match["defense_seed"])
+
+
+def values(members: dict, attack: str, defense: str, key: str) -> list[float]:
+    return [run["metrics"][attack][defense][key] for run in members.values()
+            if key in run["metrics"].get(attack, {}).get(defense, {})]
+
+
+def own_spread(members: dict, attack: str, defense: str, key: str) -> str:
+    """The std over defense seeds with the data seed (world, backdoored model, shots) fixed,
+    averaged over data seeds: the defense's own variance, apart from the world's."""
+    by_seed: dict[int, list[float]] = {}
+    for name, run in members.items():
+        by_seed.setdefault(seed_pair(name)[0], []).extend(values({name: run}, attack, defense, key))
+    stds = [statistics.stdev(group) for group in by_seed.values() if len(group) > 1]
+    return f"{100 * statistics.mean(stds):.1f}" if stds else "-"
+
+
+def grouped(studies: list[str], per_data_seed: bool = False) -> tuple[dict[str, dict], dict]:
+    """study (or "study s<data seed>") -> {exp name: run}, and RVPT's validation CA per (run, attack)."""
     runs = experiments(studies)
-    experiment = next(iter(runs.values()))["params"]["tracking"]["experiment"] if runs else "rvpt"
-    val = validation_accuracy(sorted(runs), experiment)
+    groups: dict[str, dict] = {}
+    for name, run in sorted(runs.items()):
+        group = f"{run['study']} s{seed_pair(name)[0]}" if per_data_seed else run["study"]
+        groups.setdefault(group, {})[name] = run
+    return groups, validation_accuracy(runs)
+
+
+def table(studies: list[str], per_data_seed: bool = False) -> str:
+    """Per study and attack: mean ± std over every run, and RVPT's ASR std over defense seeds alone."""
+    groups, val = grouped(studies, per_data_seed)
     lines = ["| study | attack | runs (data x defense seeds) | undefended CA / ASR % | RVPT CA / ASR % | "
-             "VPT CA / ASR % | RVPT val CA % |", "|---|---|---|---|---|---|---|"]
-    for study in sorted({run["study"] for run in runs.values()}):
-        members = {name: run for name, run in runs.items() if run["study"] == study}
-        seeds = {(EXP_NAME.fullmatch(n)["seed"], EXP_NAME.fullmatch(n)["defense_seed"]) for n in members}
+             "VPT CA / ASR % | RVPT ASR std, defense seeds only | RVPT val CA % |", "|---|---|---|---|---|---|---|---|"]
+    for study, members in groups.items():
+        seeds = [seed_pair(name) for name in members]
         shape = f"{len(members)} ({len({s for s, _ in seeds})} x {len({t for _, t in seeds})})"
         for attack in next(iter(members.values()))["metrics"]:
-            cells = []
-            for defense in DEFENSES:
-                scores = [run["metrics"][attack].get(defense, {}) for run in members.values()]
-                cells.append(f"{spread([s['clean_accuracy'] for s in scores if 'clean_accuracy' in s])} / "
-                             f"{spread([s['attack_success_rate'] for s in scores if 'attack_success_rate' in s])}")
-            tuned = [val[(n, attack, "rvpt")] for n in members if (n, attack, "rvpt") in val]
-            lines.append(f"| {study} | {attack} | {shape} | {' | '.join(cells)} | {spread(tuned)} |")
+            cells = [f"{spread(values(members, attack, defense, 'clean_accuracy'))} / "
+                     f"{spread(values(members, attack, defense, 'attack_success_rate'))}" for defense in DEFENSES]
+            own = own_spread(members, attack, "rvpt", "attack_success_rate")
+            tuned = [val[(n, attack)] for n in members if (n, attack) in val]
+            lines.append(f"| {study} | {attack} | {shape} | {' | '.join(cells)} | {own} | {spread(tuned)} |")
+    return "\n".join(lines)
+
+
+def axes(studies: list[str], per_data_seed: bool = False) -> str:
+    """One row per study: RVPT's test ASR per attack and its CA, each averaged over the study's runs,
+    beside the undefended CA; for sweeps of one setting at a time. No column averages ASR over
+    attacks: nothing here ranks settings by ASR, which the defender cannot measure."""
+    groups, val = grouped(studies, per_data_seed)
+    attacks = list(next(iter(next(iter(groups.values())).values()))["metrics"]) if groups else []
+    lines = [f"| study | runs | undefended CA % | RVPT val CA % | RVPT CA % | "
+             f"{' | '.join(f'{a} ASR %' for a in attacks)} |", "|" + "---|" * (len(attacks) + 5)]
+    for study, members in groups.items():
+        undefended = [v for a in attacks for v in values(members, a, "none", "clean_accuracy")]
+        accuracy = [v for a in attacks for v in values(members, a, "rvpt", "clean_accuracy")]
+        tuned = [val[(n, a)] for n in members for a in attacks if (n, a) in val]
+        asr = [mean(values(members, a, "rvpt", "attack_success_rate")) for a in attacks]
+        lines.append(f"| {study} | {len(members)} | {mean(undefended)} | {mean(tuned)} | {mean(accuracy)} | "
+                     f"{' | '.join(asr)} |")
     return "\n".join(lines)
 
 
@@ -117,11 +170,15 @@ def main() -> None:
     add.add_argument("-S", dest="settings", action="append", default=[], help="key=value for every run")
     show = commands.add_parser("table", help="mean ± std over each study's finished experiments")
     show.add_argument("studies", nargs="*")
+    show.add_argument("--per-data-seed", action="store_true", help="a row group per data seed")
+    sweep = commands.add_parser("axes", help="one row per study: RVPT's ASR per attack and its CA")
+    sweep.add_argument("studies", nargs="*")
+    sweep.add_argument("--per-data-seed", action="store_true", help="a row per study and data seed")
     args = parser.parse_args()
     if args.command == "queue":
         queue(args.study, args.data_seeds, args.defense_seeds, args.settings)
     else:
-        print(table(args.studies))
+        print((table if args.command == "table" else axes)(args.studies, args.per_data_seed))
 
 
 if __name__ == "__main__":

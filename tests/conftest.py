@@ -160,6 +160,7 @@ def make_project(root: Path, params: dict) -> Path:
     run(["git", "init", "-q"], root)
     run(["dvc", "init", "-q"], root)
     run(["dvc", "config", "core.analytics", "false"], root)
+    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
     shutil.copy(REPO / ".dvc" / "plots.html", root / ".dvc" / "plots.html")  # vega inlined: plots render offline
     run(["dvc", "config", "plots.html_template", "plots.html"], root)
     run(["git", "add", "-A"], root)

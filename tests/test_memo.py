@@ -62,3 +62,12 @@ def test_an_edit_to_one_defense_rescores_only_its_cells(reproduced, tmp_path):
     assert read_back(run(["rvpt", "stage", "scan"], project).stdout, "scan") == 0
     assert read_back(run(["rvpt", "stage", "evaluate"], project).stdout, "evaluate") == 0
     assert outputs(project) == incremental
+
+    # The defense seed reaches evaluate and scan only through the defended cells' files: with the
+    # cells as they are, another tune.seed reads every result back.
+    params = (project / "params.yaml").read_text()
+    reseeded = re.sub(r"(\ntune:.*?\n  seed:) 0", r"\1 1", params, count=1, flags=re.S)
+    assert reseeded != params
+    (project / "params.yaml").write_text(reseeded)
+    assert read_back(run(["rvpt", "stage", "scan"], project).stdout, "scan") == 7  # 1 clean, 2 backdoored, 4 cells
+    assert read_back(run(["rvpt", "stage", "evaluate"], project).stdout, "evaluate") == 4

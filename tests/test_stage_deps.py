@@ -140,6 +140,22 @@ def test_validating_params_imports_no_defense_or_scanner():
     assert ROOT / "rvpt" / "defenses" / "coop.py" not in command_closure("sample")
 
 
+def test_bytecode_that_python_writes_is_no_code_change(reproduced, tmp_path):
+    # Outside this project's CI, Python writes __pycache__/*.pyc beside what it imports; in a folder
+    # dep (rvpt/attacks) that would read as an edit, and `dvc repro` would rerun unchanged stages.
+    import subprocess
+    import sys
+
+    from conftest import copy_of, environment, run
+
+    project = copy_of(reproduced, tmp_path)
+    env = {k: v for k, v in environment().items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-c", "import pipeline.cli, rvpt.attacks, rvpt.defenses"], cwd=project, env=env,
+                   check=True)
+    assert list((project / "rvpt" / "attacks" / "__pycache__").glob("*.pyc"))
+    assert run(["dvc", "status"], project).stdout.strip() == "Data and pipelines are up to date."
+
+
 if __name__ == "__main__":
     # Prints each stage's code deps as dvc.yaml should list them (folders where a whole package runs).
     for name, command, _ in stages():
