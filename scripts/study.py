@@ -9,7 +9,8 @@ Each experiment is named NAME-s<seed>-t<defense seed> and changes only `seed` (w
 shots) and `tune.seed` (the defense's own), plus the -S settings every run of NAME shares. The
 table groups runs by NAME: test CA and ASR come from `dvc exp show` (results/ca/ and results/asr/), the
 validation CA RVPT was tuned for from the MLflow run that tuned each cell. Validation ASR is never
-shown here: the defender has no trigger, so nothing is chosen by it.
+shown here: the defender has no trigger, so nothing is chosen by it. DVC lists experiments under
+the commit they ran from: after a new commit, `--rev` names that commit.
 """
 from __future__ import annotations
 
@@ -33,11 +34,11 @@ def queue(study: str, data_seeds: list[int], defense_seeds: list[int], settings:
     print("queued; run them one at a time with `dvc queue start -j 1`")
 
 
-def experiments(studies: list[str]) -> dict[str, dict]:
+def experiments(studies: list[str], rev: str) -> dict[str, dict]:
     """name -> {"metrics": {attack: {defense: {clean_accuracy, attack_success_rate}}}, "study", "rev": its
     commit} for every finished experiment (a queued or running one shows its baseline's files)."""
-    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True,
-                                      check=True).stdout)
+    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json", "--rev", rev], capture_output=True,
+                                      text=True, check=True).stdout)
     found = {}
     for baseline in shown:
         for group in baseline.get("experiments") or []:
@@ -69,18 +70,24 @@ def validation_accuracy(runs: dict[str, dict]) -> dict[tuple[str, str], float]:
     earlier run (unchanged deps) names that earlier run."""
     import mlflow
     from dvc.api import DVCFileSystem
+    from mlflow.exceptions import MlflowException
 
+    from pipeline.paths import defended
     from pipeline.tracking import tracking_uri
 
     client, out = mlflow.MlflowClient(tracking_uri()), {}
     for name, run in runs.items():
         outputs = DVCFileSystem(".", rev=run["rev"])
         for attack in run["metrics"]:
-            path = f"defended/{attack}-rvpt/tune.json"
-            if outputs.exists(path):
+            path = (defended(attack, "rvpt") / "tune.json").as_posix()
+            if not outputs.exists(path):
+                continue
+            try:  # a run missing from this store (another machine's, or deleted) shows as "-"
                 metrics = client.get_run(json.loads(outputs.read_text(path))["mlflow_run_id"]).data.metrics
-                if "val_clean_accuracy" in metrics:
-                    out[(name, attack)] = metrics["val_clean_accuracy"]
+            except MlflowException:
+                continue
+            if "val_clean_accuracy" in metrics:
+                out[(name, attack)] = metrics["val_clean_accuracy"]
     return out
 
 
@@ -115,9 +122,9 @@ def own_spread(members: dict, attack: str, defense: str, key: str) -> str:
     return f"{100 * statistics.mean(stds):.1f}" if stds else "-"
 
 
-def grouped(studies: list[str], per_data_seed: bool = False) -> tuple[dict[str, dict], dict]:
+def grouped(studies: list[str], per_data_seed: bool, rev: str) -> tuple[dict[str, dict], dict]:
     """study (or "study s<data seed>") -> {exp name: run}, and RVPT's validation CA per (run, attack)."""
-    runs = experiments(studies)
+    runs = experiments(studies, rev)
     groups: dict[str, dict] = {}
     for name, run in sorted(runs.items()):
         group = f"{run['study']} s{seed_pair(name)[0]}" if per_data_seed else run["study"]
@@ -125,9 +132,9 @@ def grouped(studies: list[str], per_data_seed: bool = False) -> tuple[dict[str, 
     return groups, validation_accuracy(runs)
 
 
-def table(studies: list[str], per_data_seed: bool = False) -> str:
+def table(studies: list[str], per_data_seed: bool = False, rev: str = "HEAD") -> str:
     """Per study and attack: mean ± std over every run, and RVPT's ASR std over defense seeds alone."""
-    groups, val = grouped(studies, per_data_seed)
+    groups, val = grouped(studies, per_data_seed, rev)
     lines = ["| study | attack | runs (data x defense seeds) | undefended CA / ASR % | RVPT CA / ASR % | "
              "VPT CA / ASR % | RVPT ASR std, defense seeds only | RVPT val CA % |", "|---|---|---|---|---|---|---|---|"]
     for study, members in groups.items():
@@ -142,11 +149,11 @@ def table(studies: list[str], per_data_seed: bool = False) -> str:
     return "\n".join(lines)
 
 
-def axes(studies: list[str], per_data_seed: bool = False) -> str:
+def axes(studies: list[str], per_data_seed: bool = False, rev: str = "HEAD") -> str:
     """One row per study: RVPT's test ASR per attack and its CA, each averaged over the study's runs,
     beside the undefended CA; for sweeps of one setting at a time. No column averages ASR over
     attacks: nothing here ranks settings by ASR, which the defender cannot measure."""
-    groups, val = grouped(studies, per_data_seed)
+    groups, val = grouped(studies, per_data_seed, rev)
     attacks = list(next(iter(next(iter(groups.values())).values()))["metrics"]) if groups else []
     lines = [f"| study | runs | undefended CA % | RVPT val CA % | RVPT CA % | "
              f"{' | '.join(f'{a} ASR %' for a in attacks)} |", "|" + "---|" * (len(attacks) + 5)]
@@ -174,11 +181,13 @@ def main() -> None:
     sweep = commands.add_parser("axes", help="one row per study: RVPT's ASR per attack and its CA")
     sweep.add_argument("studies", nargs="*")
     sweep.add_argument("--per-data-seed", action="store_true", help="a row per study and data seed")
+    for command in (show, sweep):
+        command.add_argument("--rev", default="HEAD", help="the commit the experiments were run from")
     args = parser.parse_args()
     if args.command == "queue":
         queue(args.study, args.data_seeds, args.defense_seeds, args.settings)
     else:
-        print((table if args.command == "table" else axes)(args.studies, args.per_data_seed))
+        print((table if args.command == "table" else axes)(args.studies, args.per_data_seed, args.rev))
 
 
 if __name__ == "__main__":
