@@ -44,12 +44,12 @@ def experiments(studies: list[str], rev: str) -> dict[str, dict]:
         for group in baseline.get("experiments") or []:
             if (group.get("executor") or {}).get("state", "success") != "success":
                 continue
-            for rev in group["revs"]:
-                name, data = rev.get("name") or "", rev.get("data") or {}
+            for entry in group["revs"]:
+                name, data = entry.get("name") or "", entry.get("data") or {}
                 match = EXP_NAME.fullmatch(name)
                 metrics = cells(data.get("metrics") or {})
                 if match and metrics and (not studies or match["study"] in studies):
-                    found[name] = {"metrics": metrics, "study": match["study"], "rev": rev["rev"]}
+                    found[name] = {"metrics": metrics, "study": match["study"], "rev": entry["rev"]}
     return found
 
 
@@ -115,10 +115,11 @@ def values(members: dict, attack: str, defense: str, key: str) -> list[float]:
 def own_spread(members: dict, attack: str, defense: str, key: str) -> str:
     """The std over defense seeds with the data seed (world, backdoored model, shots) fixed,
     averaged over data seeds: the defense's own variance, apart from the world's."""
-    by_seed: dict[int, list[float]] = {}
+    by_seed: dict[int, dict] = {}
     for name, run in members.items():
-        by_seed.setdefault(seed_pair(name)[0], []).extend(values({name: run}, attack, defense, key))
-    stds = [statistics.stdev(group) for group in by_seed.values() if len(group) > 1]
+        by_seed.setdefault(seed_pair(name)[0], {})[name] = run
+    groups = [values(runs, attack, defense, key) for runs in by_seed.values()]
+    stds = [statistics.stdev(group) for group in groups if len(group) > 1]
     return f"{100 * statistics.mean(stds):.1f}" if stds else "-"
 
 
@@ -141,11 +142,11 @@ def table(studies: list[str], per_data_seed: bool = False, rev: str = "HEAD") ->
         seeds = [seed_pair(name) for name in members]
         shape = f"{len(members)} ({len({s for s, _ in seeds})} x {len({t for _, t in seeds})})"
         for attack in next(iter(members.values()))["metrics"]:
-            cells = [f"{spread(values(members, attack, defense, 'clean_accuracy'))} / "
-                     f"{spread(values(members, attack, defense, 'attack_success_rate'))}" for defense in DEFENSES]
+            figures = [f"{spread(values(members, attack, defense, 'clean_accuracy'))} / "
+                       f"{spread(values(members, attack, defense, 'attack_success_rate'))}" for defense in DEFENSES]
             own = own_spread(members, attack, "rvpt", "attack_success_rate")
             tuned = [val[(n, attack)] for n in members if (n, attack) in val]
-            lines.append(f"| {study} | {attack} | {shape} | {' | '.join(cells)} | {own} | {spread(tuned)} |")
+            lines.append(f"| {study} | {attack} | {shape} | {' | '.join(figures)} | {own} | {spread(tuned)} |")
     return "\n".join(lines)
 
 
@@ -176,12 +177,10 @@ def main() -> None:
     add.add_argument("--defense-seeds", type=int, nargs="+", default=[0, 1, 2])
     add.add_argument("-S", dest="settings", action="append", default=[], help="key=value for every run")
     show = commands.add_parser("table", help="mean ± std over each study's finished experiments")
-    show.add_argument("studies", nargs="*")
-    show.add_argument("--per-data-seed", action="store_true", help="a row group per data seed")
     sweep = commands.add_parser("axes", help="one row per study: RVPT's ASR per attack and its CA")
-    sweep.add_argument("studies", nargs="*")
-    sweep.add_argument("--per-data-seed", action="store_true", help="a row per study and data seed")
     for command in (show, sweep):
+        command.add_argument("studies", nargs="*")
+        command.add_argument("--per-data-seed", action="store_true", help="group the runs by data seed too")
         command.add_argument("--rev", default="HEAD", help="the commit the experiments were run from")
     args = parser.parse_args()
     if args.command == "queue":
