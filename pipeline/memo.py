@@ -1,8 +1,8 @@
-"""What `evaluate` and `scan` computed for each model, remembered between runs and keyed by
-everything the result is computed from: the model's files, the data files read, the params
-that reach it, and the project's source. After an edit to one defense only its cells miss, so
-only they are scored and scanned again; every other result is read back, and the stage's
-outputs are byte for byte what a full run writes.
+"""What `tune` trained and what `evaluate` and `scan` computed for each model, remembered between
+runs and keyed by everything the result is computed from: the model's files, the data files
+read, the params that reach it, and the project's source. After an edit to one attack or one
+defense only its cells miss, so only they are trained, scored and scanned again; every other
+result is read back, and the stage's outputs are byte for byte what a full run writes.
 
 The memo lives at the repository root (`.rvpt/memo/`, ignored by git), where the runs of
 `dvc exp run --queue`, which work in temporary copies, find it too. It is a cache, not an
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,11 +21,13 @@ from pipeline.tracking import repo_root
 
 FOLDER = Path(".rvpt/memo")                     # beside the training checkpoints, under the repository root
 SOURCE = Path(__file__).resolve().parents[1]   # holds pipeline/ and rvpt/
-# Params that reach no result of evaluate or scan: which cells run, where runs are logged, `rvpt
-# defend`, start-up, and `tune` (the defense's seed and checkpointing), which reaches a result only
-# through the defended cell's files, already in its key; so a study over defense seeds reads
-# every backdoored model's results back.
-UNUSED = ("run", "tracking", "defend", "startup", "tune")
+# Params that reach no stage's results: which cells run, where runs are logged, `rvpt defend` and
+# start-up.
+UNUSED = ("run", "tracking", "defend", "startup")
+# Nor do these reach evaluate's or scan's: `tune` (the defense's seed and checkpointing) reaches a
+# result only through the defended cell's files, already in its key; so a study over defense
+# seeds reads every backdoored model's results back.
+UNUSED_AFTER_TUNE = UNUSED + ("tune",)
 
 
 def digest_files(paths: list[Path], root: Path | None = None) -> str:
@@ -47,9 +50,9 @@ def source_digest() -> str:
 class Memo:
     """Results of one stage, one JSON entry (and optional PNG) per model."""
 
-    def __init__(self, stage: str, params, data: list[Path], unused: tuple[str, ...] = ()):
+    def __init__(self, stage: str, params, data: list[Path], unused: tuple[str, ...] = UNUSED_AFTER_TUNE):
         self.folder = repo_root() / FOLDER / stage
-        self.params = params.model_dump(mode="json", exclude=set(UNUSED + unused))
+        self.params = params.model_dump(mode="json", exclude=set(unused))
         self.base = hashlib.sha256(f"{source_digest()}{digest_files(data)}".encode()).hexdigest()
         self.hits = 0
 
@@ -98,6 +101,36 @@ class Memo:
                 return {k: stored.get_tensor(k) for k in stored.keys()}
         except (OSError, SafetensorError):
             return None
+
+    def put_folder(self, name: str, key: str, folder: Path) -> None:
+        """A copy of `folder` (a tune cell's outputs) under the key, in place of the name's last entry."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.folder, prefix=f".{name}."))
+        try:
+            shutil.copytree(folder, staging / "files")
+            (staging / "key").write_text(key)
+            entry = self.folder / name
+            if entry.exists():  # moved aside first: a reader sees the old entry, the new one or a miss
+                os.replace(entry, staging / "old")
+            os.replace(staging / "files", staging / "new")
+            (staging / "key").replace(staging / "new" / ".memo-key")
+            os.replace(staging / "new", entry)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def get_folder(self, name: str, key: str, into: Path) -> bool:
+        """Copies the name's entry into `into` (an existing folder) if it was stored under `key`."""
+        entry, before = self.folder / name, set(into.iterdir())
+        try:
+            if (entry / ".memo-key").read_text() != key:
+                return False
+            shutil.copytree(entry, into, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".memo-key"))
+        except OSError:  # e.g. the entry replaced while copying: nothing of it stays in `into`
+            for path in set(into.iterdir()) - before:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            return False
+        self.hits += 1
+        return True
 
     @staticmethod
     def _write(path: Path, payload: bytes) -> None:

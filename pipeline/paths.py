@@ -4,8 +4,8 @@ from pathlib import Path
 
 from rvpt.errors import BadInput
 
-# Attack and defense names become folder names (models/<attack>, defended/<attack>-<defense>), so
-# they are plain words: no separators, dots or hyphens, which also keeps <attack>-<defense> unique.
+# Attack and defense names become folder names (models/<attack>, defended/<defense>/<attack>) and
+# MLflow names (rvpt-<attack>-<defense>), so they are plain words: no separators, dots or hyphens.
 NAME = re.compile(r"[a-z0-9][a-z0-9_]{0,47}")
 RESERVED = {"clean"}  # models/clean is the clean model
 
@@ -43,5 +43,6 @@ def backdoored(attack: str) -> Path:
 
 
 def defended(attack: str, defense: str) -> Path:
-    return Path("defended") / f"{check_name(attack, 'attack')}-{check_name(defense, 'defense')}"
+    """A tune cell's folder: one DVC stage per defense writes defended/<defense>/, a folder per attack."""
+    return Path("defended") / check_name(defense, "defense") / check_name(attack, "attack")
 DOWNLOADS = Path(".rvpt/downloads")  # verified downloads and extracted archives of data.files, reused across runs

@@ -203,9 +203,12 @@ class Unlogged(StageRun):
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = None, grouped: bool = True):
+def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = None, grouped: bool = True,
+              name: str | None = None):
     """Opens the stage's run with its params and identifying tags; flushes metrics on the way out.
-    A `grouped` run sits under its pipeline's parent run; `rvpt defend`, outside any pipeline, is not."""
+    A `grouped` run sits under its pipeline's parent run; `rvpt defend`, outside any pipeline, is not.
+    The run is named `name` (one of several runs of a command, e.g. a tune cell, which then starts
+    now), else after its DVC stage, else after `stage`."""
     if not compute.is_main():
         yield Unlogged()
         return
@@ -228,14 +231,15 @@ def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = Non
         **{k: str(v) for k, v in (tags or {}).items()},
     }
     all_tags = {key: value for key, value in all_tags.items() if value != ""}  # e.g. dvc.exp outside an experiment
-    name = all_tags["dvc.stage"] if all_tags["dvc.stage"] != "manual" else stage
+    started = STARTED if name is None else time.time()
+    name = name or (all_tags["dvc.stage"] if all_tags["dvc.stage"] != "manual" else stage)
     shared = {key: all_tags[key] for key in ("rvpt.pipeline", "dvc.exp", "mlflow.source.git.commit") if key in all_tags}
     parent = pipeline_parent(experiment_id, all_tags["rvpt.pipeline"], shared) if grouped else None
     from mlflow.tracking.context.registry import resolve_tags  # the user and source tags start_run adds
 
     # Created with the time the command started, so the run's duration is the stage's, not its logging's.
     tags = resolve_tags({**all_tags, **({"mlflow.parentRunId": parent} if parent else {})})
-    created = mlflow.MlflowClient().create_run(experiment_id, start_time=int(STARTED * 1000), run_name=name,
+    created = mlflow.MlflowClient().create_run(experiment_id, start_time=int(started * 1000), run_name=name,
                                                tags=tags)
     with mlflow.start_run(run_id=created.info.run_id) as run:
         handle = StageRun(run)

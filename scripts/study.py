@@ -79,8 +79,10 @@ def validation_accuracy(runs: dict[str, dict]) -> dict[tuple[str, str], float]:
     for name, run in runs.items():
         outputs = DVCFileSystem(".", rev=run["rev"])
         for attack in run["metrics"]:
-            path = (defended(attack, "rvpt") / "tune.json").as_posix()
-            if not outputs.exists(path):
+            # Experiments from before one tune stage per defense kept a folder per cell, defended/<attack>-rvpt.
+            path = next((p for p in ((defended(attack, "rvpt") / "tune.json").as_posix(), f"defended/{attack}-rvpt/tune.json")
+                         if outputs.exists(p)), None)
+            if path is None:
                 continue
             try:  # a run missing from this store (another machine's, or deleted) shows as "-"
                 metrics = client.get_run(json.loads(outputs.read_text(path))["mlflow_run_id"]).data.metrics

@@ -36,7 +36,7 @@ def test_mlflow_ui_lists_the_pipeline_runs_and_the_prompts_artifact(served_proje
     client = mlflow.MlflowClient(f"sqlite:///{served_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("smoke")
     runs = client.search_runs([experiment.experiment_id])
-    tune = next(r for r in runs if r.data.tags.get("dvc.stage") == "tune@badnet-rvpt")
+    tune = next(r for r in runs if r.info.run_name == "tune@badnet-rvpt")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1200})
@@ -57,7 +57,7 @@ def test_mlflow_ui_ranks_the_cells_and_holds_the_table_and_the_models(served_pro
 
     client = mlflow.MlflowClient(f"sqlite:///{served_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("smoke").experiment_id
-    runs = {r.data.tags.get("dvc.stage"): r for r in client.search_runs([experiment])}
+    runs = {r.info.run_name: r for r in client.search_runs([experiment])}
     tune, evaluate = runs["tune@badnet-rvpt"], runs["evaluate"]
     shots = os.environ.get("RVPT_SCREENSHOTS")  # a folder: the views are saved there as PNGs
     with sync_playwright() as playwright:

@@ -53,7 +53,7 @@ def test_stages_relaunch_under_torchrun_and_only_rank_0_writes(reproduced, tmp_p
     result = run(["rvpt", "stage", *command], project)
     assert result.stdout.count(f"rvpt stage {command[0]}: wrote") == 1  # printed by rank 0 alone
     assert mlflow_runs(project, command[0]) == before + 1
-    written = project / ("models/clean" if command[0] == "pretrain" else "defended/badnet-rvpt")
+    written = project / ("models/clean" if command[0] == "pretrain" else "defended/rvpt/badnet")
     assert not list(written.parent.glob(f".{written.name}.*"))  # no second writer left a temporary behind
     if command[0] == "tune":
         assert json.loads((written / "tune.json").read_text())["trainable_params"] > 0

@@ -71,3 +71,33 @@ def test_an_edit_to_one_defense_rescores_only_its_cells(reproduced, tmp_path):
     (project / "params.yaml").write_text(reseeded)
     assert read_back(run(["rvpt", "stage", "scan"], project).stdout, "scan") == 7  # 1 clean, 2 backdoored, 4 cells
     assert read_back(run(["rvpt", "stage", "evaluate"], project).stdout, "evaluate") == 4
+
+
+def test_an_edit_to_one_attack_trains_only_its_cells(reproduced, tmp_path):
+    """A tune stage is one defense over every attack: an edit to one attack reruns every defense's
+    stage, and each trains only that attack's cell; the others are read back, the same bytes."""
+    project = copy_of(reproduced, tmp_path)
+
+    def cells() -> dict[str, bytes]:
+        return {str(f.relative_to(project)): f.read_bytes() for f in (project / "defended").rglob("*") if f.is_file()}
+
+    before = cells()
+    params = (project / "params.yaml").read_text()
+    edited = re.sub(r"(\n  badclip:\n    kind: badclip\n    rate:) 0.01", r"\1 0.02", params, count=1)
+    assert edited != params
+    (project / "params.yaml").write_text(edited)
+    repro = run(["dvc", "repro"], project).stdout
+    for defense in ("rvpt", "cleanclip"):
+        assert f"rvpt stage tune: read back defended/{defense}/badnet" in repro
+        assert f"rvpt stage tune: wrote defended/{defense}/badclip" in repro
+    after = cells()
+    assert after.keys() == before.keys()
+    assert {k: v for k, v in after.items() if "/badnet/" in k} == {k: v for k, v in before.items() if "/badnet/" in k}
+    assert all(after[k] != before[k] for k in after if "/badclip/" in k and k.endswith("tune.json"))
+
+    # An entry stored under other inputs is not trusted: the cell trains again.
+    key = project / ".rvpt" / "memo" / "tune" / "badnet-rvpt" / ".memo-key"
+    key.write_text("0" * 64)
+    again = run(["rvpt", "stage", "tune", "--attack", "badnet", "--defense", "rvpt"], project).stdout
+    assert "rvpt stage tune: wrote defended/rvpt/badnet" in again
+    assert key.read_text() != "0" * 64

@@ -76,7 +76,7 @@ def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_pat
     losses = (project / "data" / "poisoned" / "badclip" / "trigger_loss.csv").read_text().split()[1:]
     assert len(losses) == params["attacks"]["badclip"]["optimise"]["steps"]
     # CleanCLIP's defended model is an ordinary open_clip local-dir model.
-    assert (project / "defended" / "badclip-cleanclip" / "open_clip_model.safetensors").exists()
+    assert (project / "defended" / "cleanclip" / "badclip" / "open_clip_model.safetensors").exists()
 
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("smoke")
@@ -99,7 +99,7 @@ def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_pat
     tune = tunes["badclip", "rvpt"]
     assert tune.data.params["defense.alpha"] == "2.0" and tune.data.params["shots"] == "4"
     assert {"loss", "ce", "fr", "trainable_params", "val_attack_success_rate"} <= set(tune.data.metrics)
-    assert tune.data.tags["dvc.stage"] == "tune@badclip-rvpt"
+    assert tune.info.run_name == "tune@badclip-rvpt" and tune.data.tags["dvc.stage"] == "tune@rvpt"  # a run per cell
     assert tune.data.tags["upstream.pretrain"] in {r.info.run_id for r in by_stage["pretrain"]}
     evaluate = by_stage["evaluate"][0]
     assert evaluate.data.metrics["badclip.rvpt.attack_success_rate"] == by_cell["badclip", "rvpt"]["attack_success_rate"]
@@ -148,13 +148,14 @@ def test_dvc_repro_smoke_matrix_writes_table_and_mlflow_runs(reproduced, tmp_pat
         assert isinstance(full[cell]["flagged"], bool) and (project / "scans" / f"{cell}.png").exists()
     run(["git", "checkout", "params.yaml"], project)
 
-    # Changing one attack's parameters reruns only that attack's cells (and the table); DVC's plan
-    # says so without running it (test_memo runs such a rerun).
+    # Changing one attack's parameters reruns only that attack's poisoning and pretraining, then
+    # every defense's tune stage (which trains only that attack's cells: test_memo runs such a
+    # rerun) and the table; DVC's plan says so without running it.
     params = (project / "params.yaml").read_text()
     (project / "params.yaml").write_text(params.replace("rate: 0.05", "rate: 0.04", 1))
     third = run(["dvc", "repro", "--dry"], project).stdout
     assert "rvpt stage poison --attack badnet" in third and "--attack badclip" not in third
-    assert "tune --attack badnet --defense rvpt" in third and "rvpt stage evaluate" in third
+    assert "tune --defense rvpt" in third and "tune --defense cleanclip" in third and "rvpt stage evaluate" in third
 
     # A manual re-run of one stage with an override changes what evaluate reports.
     run(["rvpt", "stage", "tune", "--attack", "badnet", "--defense", "rvpt", "--shots", "2"], project)

@@ -9,9 +9,9 @@ def test_a_stage_logs_to_a_live_mlflow_server(reproduced, tmp_path):
     project = copy_of(reproduced, tmp_path)
     backend = f"sqlite:///{tmp_path / 'server.db'}"
     with mlflow_server(backend, tmp_path, "--artifacts-destination", str(tmp_path / "artifacts")) as url:
-        result = run(["rvpt", "stage", "tune", "--attack", "badnet", "--defense", "rvpt"], project,
+        result = run(["rvpt", "stage", "tune", "--attack", "badnet", "--defense", "rvpt", "--epochs", "3"], project,
                      env={"MLFLOW_TRACKING_URI": url})
-        assert "rvpt stage tune: wrote defended/badnet-rvpt" in result.stdout
+        assert "rvpt stage tune: wrote defended/rvpt/badnet" in result.stdout
         client = mlflow.MlflowClient(url)
         experiment = client.get_experiment_by_name("smoke")
         [tuned] = client.search_runs([experiment.experiment_id], "tags.`rvpt.stage` = 'tune'")

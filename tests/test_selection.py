@@ -16,7 +16,7 @@ from tests.conftest import call, copy_of
                                                    ("cleanclip", "open_clip_model.safetensors")])
 def test_a_different_trigger_changes_no_trained_tensor(reproduced, tmp_path, defense, trained_file):
     root = copy_of(reproduced, tmp_path)
-    folder = root / "defended" / f"badnet-{defense}"
+    folder = root / "defended" / defense / "badnet"
     before, summary = load_file(folder / trained_file), json.loads((folder / "tune.json").read_text())
 
     trigger = root / "data" / "poisoned" / "badnet" / "trigger.safetensors"

@@ -35,7 +35,7 @@ def test_every_cell_is_a_registered_model_with_the_ca_evaluate_reports(store):
     for attack in ("badnet", "badclip"):
         for defense in ("rvpt", "cleanclip"):
             [version] = client.search_model_versions(f"name = 'rvpt-{attack}-{defense}'")
-            tune = json.loads((store / "defended" / f"{attack}-{defense}" / "tune.json").read_text())
+            tune = json.loads((store / "defended" / defense / attack / "tune.json").read_text())
             assert version.run_id == tune["mlflow_run_id"]
             model = mlflow.pyfunc.load_model(f"models:/rvpt-{attack}-{defense}/{version.version}")
             probabilities = model.predict(images)
@@ -87,6 +87,6 @@ def test_each_training_run_names_its_data_by_dvcs_hash(store):
     experiment = client.get_experiment_by_name("smoke").experiment_id
     for stage, name, digest in (("tune@badnet-rvpt", "defender's shots", fewshot),
                                 ("pretrain@badnet", "corpus poisoned by badnet", corpus)):
-        [run] = client.search_runs([experiment], f"tags.`dvc.stage` = '{stage}'")
+        [run] = client.search_runs([experiment], f"attributes.run_name = '{stage}'")  # a tune run per cell
         [given] = run.inputs.dataset_inputs
         assert (given.dataset.name, given.dataset.digest) == (name, digest.removesuffix(".dir")), stage

@@ -42,9 +42,9 @@ def test_tune_and_evaluate_refuse_code_running_checkpoints(reproduced, tmp_path)
     # A defended whole model (CleanCLIP's) is checked the same way when evaluate loads it.
     (project / "models" / "badnet" / "open_clip_pytorch_model.bin").unlink()
     (project / "models" / "badnet" / models.WEIGHTS_NAME).write_bytes(before["models/badnet/" + models.WEIGHTS_NAME])
-    swap_in_pickle(project / "defended" / "badclip-cleanclip")
+    swap_in_pickle(project / "defended" / "cleanclip" / "badclip")
     result = run(["rvpt", "stage", "evaluate"], project, check=False)
-    assert result.returncode == 2 and "defended/badclip-cleanclip" in result.stderr
+    assert result.returncode == 2 and "defended/cleanclip/badclip" in result.stderr
     assert not marker.exists()
     after = snapshot(project, "results")
     assert after == {k: v for k, v in before.items() if k.startswith("results/")}
@@ -139,12 +139,13 @@ def test_pretrain_killed_midway_resumes_to_the_same_model(tmp_path):
 
 
 def test_tune_killed_midway_resumes_to_the_same_prompts(reproduced, tmp_path):
-    target = "tune@badnet-rvpt"
+    target = "tune@rvpt"
     projects = [copy_of(reproduced, tmp_path / name) for name in ("reference", "killed")]
     for project in projects:
         params = yaml.safe_load((project / "params.yaml").read_text())
         params["defenses"]["rvpt"]["epochs"] = 500
         params["tune"]["checkpoint_every"] = 50
+        params["run"]["attacks"] = ["badnet"]  # the stage tune@rvpt trains one cell
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     reference, project = projects
     run(["dvc", "repro", target], reference)
@@ -154,7 +155,7 @@ def test_tune_killed_midway_resumes_to_the_same_prompts(reproduced, tmp_path):
     assert checkpoint.exists()
     resumed = run(["dvc", "repro", target], project)
     assert "resumed from step" in resumed.stdout and not checkpoint.exists()
-    folder = "defended/badnet-rvpt"
+    folder = "defended/rvpt/badnet"
     ours, theirs = (read_safetensors(p / folder / "prompts.safetensors")[0] for p in (project, reference))
     assert torch.equal(ours["prompts"], theirs["prompts"])
     assert (project / folder / "loss.csv").read_bytes() == (reference / folder / "loss.csv").read_bytes()

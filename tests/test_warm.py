@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from conftest import BIN, copy_of, environment, one_error_line
 from pipeline import warm
 
-TUNE = ["stage", "tune", "--attack", "badnet", "--defense", "rvpt"]
+TUNE = ["stage", "tune", "--attack", "badnet", "--defense", "rvpt", "--epochs", "3"]  # not the memo's
 
 
 def private(tmp_path: Path, *projects: Path) -> dict:
@@ -56,7 +56,7 @@ def test_a_warm_stage_writes_what_a_cold_one_does(reproduced, tmp_path):
         assert result.returncode == 0, result.stderr
     assert without_timing(results[0].stdout) == without_timing(results[1].stdout)
     assert [line.split(": ", 1)[1] for line in served(env)] == [f"rvpt {' '.join(TUNE)} in {hot}"]
-    folder = "defended/badnet-rvpt"
+    folder = "defended/rvpt/badnet"
     ours, theirs = (load_file(p / folder / "prompts.safetensors") for p in (hot, cold))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert (hot / folder / "loss.csv").read_bytes() == (cold / folder / "loss.csv").read_bytes()

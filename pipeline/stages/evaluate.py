@@ -11,7 +11,7 @@ from __future__ import annotations
 from pipeline import artifacts, calibration, paths
 from pipeline.cells import load_defended, tune_record
 from pipeline.evaluation import Scorer, backdoored_run_id, load_backdoored, zero_shot
-from pipeline.memo import Memo
+from pipeline.memo import UNUSED_AFTER_TUNE, Memo
 from pipeline.params import Params
 from pipeline.summary import markdown
 from pipeline.tracking import stage_run
@@ -109,7 +109,7 @@ def run(params: Params) -> str:
              "trainable_params": 0, "trainable_fraction": 0.0}
             for attack, metrics in zip(params.run.attacks, scorer.rows(zero_shot(params, clean_model),
                                                                        params.run.attacks))]
-    upstream, memo = {}, Memo("evaluate", params, [paths.DOWNSTREAM], unused=("scan",))
+    upstream, memo = {}, Memo("evaluate", params, [paths.DOWNSTREAM], unused=UNUSED_AFTER_TUNE + ("scan",))
     for attack_name in progress(params.run.attacks, "evaluate attacks"):
         rows += defended_rows(params, scorer, memo, attack_name, upstream)
     for row in rows:

@@ -1,10 +1,13 @@
-"""Stage `tune`: one defense on one backdoored CLIP, with the defender's few-shot clean images
-(and, for CleanCLIP, the defender's clean image-text pairs).
+"""Stage `tune`: one defense on each backdoored CLIP (a cell per attack, each its own MLflow run),
+with the defender's few-shot clean images (and, for CleanCLIP, the defender's clean image-text
+pairs). One DVC stage per defense: `dvc exp run -S defenses.rvpt.alpha=1` reruns one stage.
 
 Writes what the defense trained (prompts, a linear head, a text context, or a whole open_clip
 model) and tune.json. Training runs its fixed schedule and keeps the last state: nothing is
 selected here. Validation CA is logged; validation ASR is logged as a diagnostic only (the
-defender never has the trigger). The test split is never read here.
+defender never has the trigger). The test split is never read here. A cell whose inputs did not
+change since it was last trained (pipeline/memo.py) is read back, not trained again: after an
+edit to one attack, the other attacks' cells of every defense stage are copies.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import numpy as np
 
 from pipeline import artifacts, defending, paths
 from pipeline.evaluation import Scorer, load_backdoored
+from pipeline.memo import UNUSED, Memo
 from pipeline.params import Params
 from pipeline.splits import load_fewshot
 from pipeline.tracking import stage_run
@@ -43,6 +47,12 @@ def checkpointing(params: Params, attack_name: str, defense_name: str) -> Checkp
                          fingerprint(settings, inputs))
 
 
+def memo(params: Params) -> Memo:
+    """Trained cells by their inputs: every param but the other cells' blocks, the data, the code."""
+    data = [paths.FEWSHOT / "train.parquet", paths.DOWNSTREAM / "val.parquet"] + ([PAIRS] if PAIRS.exists() else [])
+    return Memo("tune", params, data, unused=UNUSED + ("scan",))
+
+
 def needs(params: Params, attack_name: str, defense_name: str):
     """Upstream outputs (with the command that makes each) and the output, for artifacts.preflight."""
     spec = params.defenses[defense_name]
@@ -55,7 +65,27 @@ def needs(params: Params, attack_name: str, defense_name: str):
     return inputs, paths.defended(attack_name, defense_name)
 
 
-def run(params: Params, attack_name: str, defense_name: str) -> str:
+class _Miss(Exception):
+    pass
+
+
+def read_back(trained: Memo, cell: str, key: str, folder) -> bool:
+    """The cell's outputs from the memo, written whole; on a miss the folder is left as it was."""
+    try:
+        with artifacts.atomic_dir(folder) as out:
+            if not trained.get_folder(cell, key, out):
+                raise _Miss
+    except _Miss:
+        return False
+    return True
+
+
+def run(params: Params, attack_name: str, defense_name: str, trained: Memo) -> str:
+    cell, folder = f"{attack_name}-{defense_name}", paths.defended(attack_name, defense_name)
+    inputs = trained.key(attack_name, defense_name, [paths.backdoored(attack_name),
+                                                     paths.poisoned(attack_name) / "trigger.safetensors"])
+    if compute.world_size() == 1 and read_back(trained, cell, inputs, folder):  # ranks of a DDP run could disagree
+        return f"read back {folder} (inputs unchanged since it was trained)"
     spec = params.defenses[defense_name]
     kind = KINDS[spec.kind]
     resumable = checkpointing(params, attack_name, defense_name)
@@ -68,28 +98,28 @@ def run(params: Params, attack_name: str, defense_name: str) -> str:
               "shots": params.sample.shots, "defense": spec.model_dump()}
     tags = {"attack": attack_name, "defense": defense_name, "upstream.pretrain": pretrain_run,
             "upstream.sample": sample_run}
-    with stage_run("tune", params.tracking.experiment, logged, tags) as log:
+    with stage_run("tune", params.tracking.experiment, logged, tags, name=f"tune@{cell}") as log:
         log.inputs({"defender's shots": paths.FEWSHOT / "train.parquet"}, "training")
         defended, history = defending.fit(params, defense_name, model, data, tokenize, params.model.templates,
-                                          f"tune {attack_name}-{defense_name}", resumable)
+                                          f"tune {cell}", resumable)
         if not compute.is_main():
             return f"rank {compute.rank()} done"
         trainable = models.count_parameters(kind.trained(defended).values())
         report = Scorer(params, "val").report(defended, attack_name)
         summary = {"attack": attack_name, "defense": defense_name, "kind": spec.kind, "shots": params.sample.shots,
-               "defense_seed": params.tune.seed,
-                   "trainable_params": trainable,
+                   "defense_seed": params.tune.seed, "trainable_params": trainable,
                    "trainable_fraction": trainable / models.count_parameters(model.parameters()),
                    **{f"final_{k}": float(np.mean(v[-10:])) for k, v in history.items()},
                    **{f"val_{k}": report[k] for k in ("clean_accuracy", "attack_success_rate")}}
-        with artifacts.atomic_dir(paths.defended(attack_name, defense_name)) as out:
+        with artifacts.atomic_dir(folder) as out:
             defending.save(params, defense_name, defended, history, out, params.model.config,
                            {"attack": attack_name, "defense": defense_name, "kind": spec.kind,
                             "shots": str(params.sample.shots)})
             artifacts.write_json(out / "tune.json", {**summary, "mlflow_run_id": log.id})
             for path in sorted(out.iterdir()):
                 log.artifact(path)
-        log.model(backbone=paths.backdoored(attack_name), defense=paths.defended(attack_name, defense_name),
+        trained.put_folder(cell, inputs, folder)
+        log.model(backbone=paths.backdoored(attack_name), defense=folder,
                   kind=spec.kind, classes=params.data.class_names, templates=params.model.templates,
                   image_size=params.data.image_size, registered_name=f"rvpt-{attack_name}-{defense_name}")
         for key, values in history.items():
@@ -100,5 +130,5 @@ def run(params: Params, attack_name: str, defense_name: str) -> str:
         log.metric("resumed_from_step", resumable.resumed)
     resumable.clear()
     resumed = f" (resumed from step {resumable.resumed})" if resumable.resumed else ""
-    return (f"wrote {paths.defended(attack_name, defense_name)}{resumed}: val CA {report['clean_accuracy']:.3f}, "
+    return (f"wrote {folder}{resumed}: val CA {report['clean_accuracy']:.3f}, "
             f"val ASR {report['attack_success_rate']:.3f}, {trainable} trainable params")
