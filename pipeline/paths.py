@@ -7,7 +7,8 @@ from rvpt.errors import BadInput
 # Attack and defense names become folder names (models/<attack>, defended/<defense>/<attack>) and
 # MLflow names (rvpt-<attack>-<defense>), so they are plain words: no separators, dots or hyphens.
 NAME = re.compile(r"[a-z0-9][a-z0-9_]{0,47}")
-RESERVED = {"clean"}  # models/clean is the clean model
+# models/clean is the clean model; clean_model is its row in the summary, the scans and the memo.
+RESERVED = {"clean", "clean_model"}
 
 
 def check_name(name: object, what: str) -> str:

@@ -48,6 +48,7 @@ def refused(root, params: dict, *argv: str) -> str:
     ({"attacks": {"wanet": {"options": {"grid": 1_000_000}}}}, "grid must be 2 to 16"),
     ({"attacks": {"sig": {"options": {"frequency": float("nan")}}}}, "attacks.sig"),
     ({"attacks": {"clean": {"kind": "badnet", "target": "three", "rate": 0.1}}}, "reserved"),
+    ({"defenses": {"clean_model": {"kind": "none"}}}, "reserved"),  # the clean model's row in the summary
     ({"model": {"config": {**TINY_MODEL, "vision_cfg": {**TINY_MODEL["vision_cfg"], "layers": 10 ** 7}}}},
      "over the limit"),
     ({"pretrain": {"clean": {"steps": 10 ** 20}}}, "pretrain.clean.steps"),

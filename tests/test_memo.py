@@ -25,7 +25,7 @@ def test_an_edit_to_one_defense_rescores_only_its_cells(reproduced, tmp_path):
 
     # Nothing changed: every cell is read back, and the outputs are the same bytes.
     again = run(["rvpt", "stage", "evaluate"], project).stdout
-    assert read_back(again, "evaluate") == 4  # the smoke matrix: 2 attacks x 2 defenses
+    assert read_back(again, "evaluate") == 6  # the smoke matrix: 2 attacks x 2 defenses, and the clean model x 2
     assert outputs(project) == before
 
     # One defense's block changes: DVC reruns its tune cells, then scan and evaluate redo only those.
@@ -38,7 +38,7 @@ def test_an_edit_to_one_defense_rescores_only_its_cells(reproduced, tmp_path):
     repro = run(["dvc", "repro"], project).stdout
     assert "--defense rvpt" in repro and "--defense cleanclip" not in repro
     assert read_back(repro, "scan") == 5   # the clean model, 2 backdoored models, 2 cleanclip cells
-    assert read_back(repro, "evaluate") == 2
+    assert read_back(repro, "evaluate") == 4   # 2 cleanclip cells, the clean model x 2
     incremental = outputs(project)
     assert incremental != before
 
@@ -54,7 +54,7 @@ def test_an_edit_to_one_defense_rescores_only_its_cells(reproduced, tmp_path):
     # A memo entry that cannot be read is recomputed, not trusted.
     entry = project / ".rvpt" / "memo" / "evaluate" / "badnet-cleanclip.json"
     entry.write_text("{not json")
-    assert read_back(run(["rvpt", "stage", "evaluate"], project).stdout, "evaluate") == 3
+    assert read_back(run(["rvpt", "stage", "evaluate"], project).stdout, "evaluate") == 5
     assert json.loads(entry.read_text())["key"]
 
     # Without the memo, a full run writes the same bytes as the incremental one.
@@ -70,7 +70,7 @@ def test_an_edit_to_one_defense_rescores_only_its_cells(reproduced, tmp_path):
     assert reseeded != params
     (project / "params.yaml").write_text(reseeded)
     assert read_back(run(["rvpt", "stage", "scan"], project).stdout, "scan") == 7  # 1 clean, 2 backdoored, 4 cells
-    assert read_back(run(["rvpt", "stage", "evaluate"], project).stdout, "evaluate") == 4
+    assert read_back(run(["rvpt", "stage", "evaluate"], project).stdout, "evaluate") == 6
 
 
 def test_an_edit_to_one_attack_trains_only_its_cells(reproduced, tmp_path):

@@ -156,6 +156,37 @@ def test_bytecode_that_python_writes_is_no_code_change(reproduced, tmp_path):
     assert run(["dvc", "status"], project).stdout.strip() == "Data and pipelines are up to date."
 
 
+def defined_stages() -> dict[str, dict]:
+    """dvc.yaml's stages as DVC names them, matrices expanded over params.yaml's lists."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    out = {}
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        if "matrix" not in stage:
+            out[name] = stage
+            continue
+        [(key, reference)] = stage["matrix"].items()  # each matrix here runs over one list of params.yaml
+        values = params
+        for part in reference.removeprefix("${").removesuffix("}").split("."):
+            values = values[part]
+        for value in values:
+            text = yaml.safe_dump(stage).replace(f"${{item.{key}}}", value)
+            out[f"{name}@{value}"] = yaml.safe_load(text)
+    return out
+
+
+def test_the_committed_lock_and_gitignores_hold_only_todays_stages():
+    # DVC keeps the entry of a stage dvc.yaml no longer defines, and re-reads and rewrites the
+    # whole dvc.lock after every stage: stale entries slow every stage of every run. A stale line
+    # in a .gitignore DVC manages changes the hash of the folder it sits in (scan depends on
+    # defended/), so a fresh clone would rerun stages over unchanged outputs.
+    stages = defined_stages()
+    assert set(yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]) == set(stages)
+    outs = [next(iter(o)) if isinstance(o, dict) else o for s in stages.values() for o in s.get("outs", [])]
+    for folder in ("data", "data/poisoned", "models", "defended"):
+        listed_outs = {f"/{Path(o).name}" for o in outs if str(Path(o).parent) == folder}
+        assert set((ROOT / folder / ".gitignore").read_text().split()) == listed_outs, folder
+
+
 if __name__ == "__main__":
     # Prints each stage's code deps as dvc.yaml should list them (folders where a whole package runs).
     for name, command, _ in stages():

@@ -56,6 +56,22 @@ def defended_rows(params: Params, scorer: Scorer, memo: Memo, attack_name: str, 
     return rows
 
 
+def clean_rows(params: Params, scorer: Scorer, memo: Memo) -> dict[str, dict]:
+    """The clean model's metrics against each attack's trigger; the attacks the memo lacks are
+    scored together, so that they share one pass over the clean images."""
+    clean = artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean")
+    keys = {attack: memo.key(attack, None, [clean, paths.poisoned(attack) / "trigger.safetensors"])
+            for attack in params.run.attacks}
+    found = {attack: memo.get(f"{attack}-{CLEAN_ROW}", key) for attack, key in keys.items()}
+    missing = [attack for attack, hit in found.items() if hit is None]
+    if missing:
+        scored = scorer.rows(zero_shot(params, models.load(clean)[0]), missing)
+        for attack, metrics in zip(missing, scored):
+            memo.put(f"{attack}-{CLEAN_ROW}", keys[attack], metrics)
+            found[attack] = (metrics, None)
+    return {attack: found[attack][0] for attack in params.run.attacks}
+
+
 def with_scan(row: dict, scans: dict) -> None:
     """The scanner's verdict on the row's model (stage `scan`), which never saw the trigger."""
     name = row["defense"] if row["defense"] == CLEAN_ROW else f"{row['attack']}-{row['defense']}"
@@ -104,12 +120,10 @@ def run(params: Params) -> str:
     artifacts.check_writable(paths.RESULTS)
     scorer = Scorer(params, "test", diagnostics=True)
     scans = artifacts.read_json(paths.SCANS / "scans.json", "rvpt stage scan").get("models", {})
-    clean_model, _ = models.load(artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean"))
+    upstream, memo = {}, Memo("evaluate", params, [paths.DOWNSTREAM], unused=UNUSED_AFTER_TUNE + ("scan",))
     rows = [{"attack": attack, "defense": CLEAN_ROW, "kind": "none", "shots": 0, **metrics,
              "trainable_params": 0, "trainable_fraction": 0.0}
-            for attack, metrics in zip(params.run.attacks, scorer.rows(zero_shot(params, clean_model),
-                                                                       params.run.attacks))]
-    upstream, memo = {}, Memo("evaluate", params, [paths.DOWNSTREAM], unused=UNUSED_AFTER_TUNE + ("scan",))
+            for attack, metrics in clean_rows(params, scorer, memo).items()]
     for attack_name in progress(params.run.attacks, "evaluate attacks"):
         rows += defended_rows(params, scorer, memo, attack_name, upstream)
     for row in rows:
