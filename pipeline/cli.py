@@ -131,8 +131,8 @@ def tune(params: Path = PARAMS,
         defenses = selected(defense, p.defenses, p.run.defenses, "--defense")
         p.require(attacks, defenses, source=str(params))
         preflight(stage.needs(p, a, d) for a in attacks for d in defenses)
-        trained = stage.memo(p)
-        return (stage.run(p, a, d, trained) for d in defenses for a in attacks)
+        trained, val = stage.shared(p)
+        return (stage.run(p, a, d, trained, val) for d in defenses for a in attacks)
 
     settings = {"alpha": alpha, "epochs": epochs, "tokens": tokens, "first_block": first_block, "lr": lr}
     given = [name for name, value in settings.items() if value is not None]

@@ -47,10 +47,12 @@ def checkpointing(params: Params, attack_name: str, defense_name: str) -> Checkp
                          fingerprint(settings, inputs))
 
 
-def memo(params: Params) -> Memo:
-    """Trained cells by their inputs: every param but the other cells' blocks, the data, the code."""
+def shared(params: Params) -> tuple[Memo, Scorer]:
+    """What every cell of one command reads: the memo of trained cells, keyed by their inputs
+    (every param but the other cells' blocks, the data, the code), and the validation split,
+    decoded once for all cells."""
     data = [paths.FEWSHOT / "train.parquet", paths.DOWNSTREAM / "val.parquet"] + ([PAIRS] if PAIRS.exists() else [])
-    return Memo("tune", params, data, unused=UNUSED + ("scan",))
+    return Memo("tune", params, data, unused=UNUSED + ("scan",)), Scorer(params, "val")
 
 
 def needs(params: Params, attack_name: str, defense_name: str):
@@ -80,7 +82,7 @@ def read_back(trained: Memo, cell: str, key: str, folder) -> bool:
     return True
 
 
-def run(params: Params, attack_name: str, defense_name: str, trained: Memo) -> str:
+def run(params: Params, attack_name: str, defense_name: str, trained: Memo, val: Scorer) -> str:
     cell, folder = f"{attack_name}-{defense_name}", paths.defended(attack_name, defense_name)
     inputs = trained.key(attack_name, defense_name, [paths.backdoored(attack_name),
                                                      paths.poisoned(attack_name) / "trigger.safetensors"])
@@ -105,7 +107,7 @@ def run(params: Params, attack_name: str, defense_name: str, trained: Memo) -> s
         if not compute.is_main():
             return f"rank {compute.rank()} done"
         trainable = models.count_parameters(kind.trained(defended).values())
-        report = Scorer(params, "val").report(defended, attack_name)
+        report = val.report(defended, attack_name)
         summary = {"attack": attack_name, "defense": defense_name, "kind": spec.kind, "shots": params.sample.shots,
                    "defense_seed": params.tune.seed, "trainable_params": trainable,
                    "trainable_fraction": trainable / models.count_parameters(model.parameters()),
