@@ -40,7 +40,9 @@ def fabricate(root: Path, images: int, batch: int, threads: int) -> None:
 
     raw = yaml.safe_load((Path(pipeline.__file__).parents[1] / "params.yaml").read_text())
     raw["threads"] = threads
-    raw["data"].update(image_size=224, transfer_classes=[], concepts=[], distractors=0, noise=0.0)
+    # preload_max_gib 0: the streamed path, which a split past the limit takes (a smaller one is
+    # kept decoded after its first pass, 150 KB per 224 px image).
+    raw["data"].update(image_size=224, transfer_classes=[], concepts=[], distractors=0, noise=0.0, preload_max_gib=0)
     raw["model"] = {**raw["model"], "name": None, "pretrained": None, "config": models.named_config("ViT-B-32")}
     raw["evaluate"].update(batch_size=batch, probe_steps=10)
     raw["run"] = {"attacks": ATTACKS, "defenses": ["none"]}
