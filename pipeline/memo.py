@@ -28,6 +28,7 @@ UNUSED = ("run", "tracking", "defend", "startup")
 # result only through the defended cell's files, already in its key; so a study over defense
 # seeds reads every backdoored model's results back.
 UNUSED_AFTER_TUNE = UNUSED + ("tune",)
+KEY_FILE = ".memo-key"  # beside a stored folder's files: the key it was stored under
 
 
 def digest_files(paths: list[Path], root: Path | None = None) -> str:
@@ -107,27 +108,25 @@ class Memo:
         self.folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=self.folder, prefix=f".{name}."))
         try:
-            shutil.copytree(folder, staging / "files")
-            (staging / "key").write_text(key)
+            shutil.copytree(folder, staging / "new")
+            (staging / "new" / KEY_FILE).write_text(key)
             entry = self.folder / name
             if entry.exists():  # moved aside first: a reader sees the old entry, the new one or a miss
                 os.replace(entry, staging / "old")
-            os.replace(staging / "files", staging / "new")
-            (staging / "key").replace(staging / "new" / ".memo-key")
             os.replace(staging / "new", entry)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
     def get_folder(self, name: str, key: str, into: Path) -> bool:
-        """Copies the name's entry into `into` (an existing folder) if it was stored under `key`."""
-        entry, before = self.folder / name, set(into.iterdir())
+        """Copies the name's entry into `into` if it was stored under `key`. On False `into` may
+        hold part of an entry (one replaced while it was copied), so it should be a staging
+        folder the caller discards on a miss."""
+        entry = self.folder / name
         try:
-            if (entry / ".memo-key").read_text() != key:
+            if (entry / KEY_FILE).read_text() != key:
                 return False
-            shutil.copytree(entry, into, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".memo-key"))
-        except OSError:  # e.g. the entry replaced while copying: nothing of it stays in `into`
-            for path in set(into.iterdir()) - before:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            shutil.copytree(entry, into, dirs_exist_ok=True, ignore=shutil.ignore_patterns(KEY_FILE))
+        except OSError:
             return False
         self.hits += 1
         return True

@@ -46,4 +46,6 @@ def backdoored(attack: str) -> Path:
 def defended(attack: str, defense: str) -> Path:
     """A tune cell's folder: one DVC stage per defense writes defended/<defense>/, a folder per attack."""
     return Path("defended") / check_name(defense, "defense") / check_name(attack, "attack")
+
+
 DOWNLOADS = Path(".rvpt/downloads")  # verified downloads and extracted archives of data.files, reused across runs

@@ -72,7 +72,8 @@ class _Miss(Exception):
 
 
 def read_back(trained: Memo, cell: str, key: str, folder) -> bool:
-    """The cell's outputs from the memo, written whole; on a miss the folder is left as it was."""
+    """The cell's outputs from the memo, written whole; on a miss the staging folder, with whatever
+    was copied into it, is discarded and the cell's folder left as it was."""
     try:
         with artifacts.atomic_dir(folder) as out:
             if not trained.get_folder(cell, key, out):
