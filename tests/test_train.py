@@ -1,0 +1,50 @@
+"""Contrastive training that updates only the token-embedding rows the captions use gives the
+weights that training the whole 49,408-row table gives, bit for bit."""
+import numpy as np
+import torch
+
+from conftest import TINY_MODEL
+from rvpt import models
+from rvpt.images import to_unit_tensor
+from rvpt.resume import Checkpointing
+from rvpt.train import ClipTrainConfig, _train, train_clip
+from rvpt.world import GlyphWorld
+
+
+def corpus(n=32):
+    world = GlyphWorld(["zero", "one", "two"], image_size=16)
+    rng = np.random.default_rng(0)
+    samples = [world.sample(rng) for _ in range(n)]
+    images = to_unit_tensor(np.stack([s.image for s in samples]))
+    return images, models.tokenizer(TINY_MODEL)([s.caption for s in samples])
+
+
+def test_training_the_used_rows_equals_training_the_whole_table():
+    images, tokens = corpus()
+    config = ClipTrainConfig(steps=8, batch_size=16, warmup=2, lr=0.01)
+    whole, used = models.build(TINY_MODEL, seed=0), models.build(TINY_MODEL, seed=0)
+    before = whole.token_embedding.weight.detach().clone()
+    losses_whole, _ = _train(whole, images, tokens, config, "whole", None, None)
+    losses_used, _ = train_clip(used, images, tokens, config)
+
+    assert losses_whole == losses_used
+    assert whole.state_dict().keys() == used.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), used.state_dict().values()))
+    changed = (used.token_embedding.weight != before).any(dim=1)
+    assert changed.sum() > 0 and set(changed.nonzero().flatten().tolist()) <= set(torch.unique(tokens).tolist())
+
+
+def test_a_training_state_saved_with_the_whole_table_is_not_resumed(tmp_path):
+    images, tokens = corpus()
+    config = ClipTrainConfig(steps=4, batch_size=16, warmup=1)
+    old = models.build(TINY_MODEL, seed=0)
+    state = tmp_path / "state.pt"
+    checkpointing = Checkpointing(state, every=2, fingerprint="same settings")
+    _train(old, images, tokens, config, "old layout", checkpointing, None)
+    assert torch.load(state, weights_only=True)["step"] == 2
+
+    resumed = Checkpointing(state, every=2, fingerprint="same settings")
+    fresh = models.build(TINY_MODEL, seed=0)
+    losses, start = train_clip(fresh, images, tokens, config, checkpointing=resumed)
+    reference = models.build(TINY_MODEL, seed=0)
+    assert start == 0 and resumed.resumed == 0 and losses == train_clip(reference, images, tokens, config)[0]
