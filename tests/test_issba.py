@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+import yaml
 
+from conftest import REPO
 from rvpt import attacks
 from rvpt.attacks.issba import secret_bits
 from rvpt.world import GlyphWorld
@@ -15,8 +17,12 @@ def glyphs():
     return torch.stack([TF.to_tensor(world.sample(rng).image) for _ in range(96)])
 
 
+# The default params' amplitude, so that the invisibility checked is the default trigger's.
+AMPLITUDE = yaml.safe_load((REPO / "params.yaml").read_text())["attacks"]["issba"]["options"]["amplitude"]
+
+
 def trained(images, seed=0, steps=60):
-    attack = attacks.build("issba", 16, secret="Stega!!", amplitude=0.03, width=16, seed=seed)
+    attack = attacks.build("issba", 16, secret="Stega!!", amplitude=AMPLITUDE, width=16, seed=seed)
     losses = attacks.train_stega(attack, images, attacks.StegaTraining(steps=steps, batch_size=32, lr=0.003,
                                                                       seed=seed))
     return attack, losses
@@ -60,7 +66,7 @@ def test_batching_does_not_change_the_trigger(glyphs):
 def test_state_round_trips_and_refuses_another_secret(glyphs):
     attack, _ = trained(glyphs, steps=5)
     state = {k: v.clone() for k, v in attack.state_dict().items()}
-    fresh = attacks.build("issba", 16, secret="Stega!!", amplitude=0.03, width=16, seed=9)
+    fresh = attacks.build("issba", 16, secret="Stega!!", amplitude=AMPLITUDE, width=16, seed=9)
     fresh.load_state_dict(state)
     assert torch.equal(fresh.apply(glyphs), attack.apply(glyphs))
     assert attacks.bit_accuracy(fresh, glyphs) == attacks.bit_accuracy(attack, glyphs)
