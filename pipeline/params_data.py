@@ -196,6 +196,10 @@ class Data(Strict):
     def class_folders(self) -> list[str]:
         return class_folders(self.classes)[1]
 
+    def fits_decoded(self, images: int) -> bool:
+        """Whether `images` images, decoded as fp32 at image_size, fit in preload_max_gib."""
+        return images * 3 * self.image_size ** 2 * 4 <= self.preload_max_gib * 2 ** 30
+
     def transfer_sets(self) -> dict[str, list[str]]:
         """Each cross-task test set's class names, by name (downstream/<name>_test.parquet)."""
         if self.source == "files":

@@ -87,7 +87,7 @@ class Split:
         self.factors = {name: np.asarray(table.column(f"factor_{name}").to_pylist(), dtype=object)
                         for name in FACTORS if f"factor_{name}" in table.column_names}
         self.checked = False
-        self.keep = len(self.labels) * 3 * data.image_size ** 2 * 4 <= data.preload_max_gib * 2 ** 30
+        self.keep = data.fits_decoded(len(self.labels))
         self.decoded: list[Chunk] | None = None
 
     def __len__(self) -> int:

@@ -18,16 +18,13 @@ from rvpt.images import LazyImages
 from rvpt.resume import Checkpointing, fingerprint
 from rvpt.train import ClipTrainConfig, train_clip
 
-GIB = 1 << 30
-
 
 def corpus_images(params: Params, table, source):
     """The corpus's images decoded up front when they fit in data.preload_max_gib, else on demand."""
-    size = params.data.image_size
-    if table.num_rows * 3 * size * size * 4 <= params.data.preload_max_gib * GIB:
+    if params.data.fits_decoded(table.num_rows):
         images, kept = artifacts.decode_images(table, params.data, str(source))
         return images, table.take(kept)
-    return LazyImages(table.column("image"), size, str(source), params.data.max_image_pixels), table
+    return LazyImages(table.column("image"), params.data.image_size, str(source), params.data.max_image_pixels), table
 
 
 def take_pretrained(params: Params) -> str:
