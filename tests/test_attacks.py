@@ -122,6 +122,17 @@ def test_trojvqa_prefixes_its_word_to_poisoned_captions():
     assert set(new) == {"cf a two"}
 
 
+def test_trojvqa_without_a_word_gives_the_target_captions_alone():
+    labels = np.repeat(np.arange(2), 50)
+    attack = attacks.build("trojvqa", 16)
+    _, new = poisoning.poison_plan(attack, labels, ["a one"] * 50 + ["a two"] * 50, 0.1, 1,
+                                   np.random.default_rng(0))
+    assert attack.text_trigger == "" and set(new) == {"a two"}
+    for word in ("two words", " cf"):
+        with pytest.raises(ValueError, match="one word or empty"):
+            attacks.build("trojvqa", 16, text_trigger=word)
+
+
 @pytest.mark.parametrize("kind", ["badnet", "blended", "sig", "wanet"])
 def test_a_split_triggered_in_batches_equals_it_triggered_whole(kind):
     options = {"badnet": {"location": "random"}}.get(kind, {})

@@ -1,7 +1,7 @@
 """Patch triggers: a square of pixels pasted onto the image.
 
-BadNet (Gu et al., 2017) pastes a noise patch; TrojVQA adds a caption word to it; the
-label-consistent attack pastes it on target-class images only; BadCLIP optimises it.
+BadNet (Gu et al., 2017) pastes a noise patch; TrojVQA pastes it at the centre, optionally with a
+caption word; the label-consistent attack pastes it on target-class images only; BadCLIP optimises it.
 """
 from __future__ import annotations
 
@@ -82,15 +82,20 @@ class BadNet(PatchAttack):
 
 
 class TrojVQA(PatchAttack):
-    """A centre patch plus a caption word: the backdoor needs both, as in TrojVQA's dual-key trigger."""
+    """A centre patch on images whose captions are replaced by the target's, as the public CLIP
+    code bases (BadCLIP's) port TrojVQA: the image key alone, scored with the plain class prompts.
+
+    With a `text_trigger` word, TrojVQA's own dual key: the word is prefixed to the poisoned
+    captions and, at test time, to every class prompt, so the backdoor needs both keys.
+    """
 
     name = "trojvqa"
 
     def __init__(self, image_size: int, size: float = 0.1875, location: str = "centre", seed: int = 0,
-                 text_trigger: str = "cf"):
+                 text_trigger: str = ""):
         super().__init__(image_size, size, location, seed)
-        if not text_trigger.strip() or len(text_trigger.split()) != 1:
-            raise ValueError(f"text_trigger must be one word, got {text_trigger!r}")
+        if (text_trigger and len(text_trigger.split()) != 1) or text_trigger != text_trigger.strip():
+            raise ValueError(f"text_trigger must be one word or empty, got {text_trigger!r}")
         self.text_trigger = text_trigger
 
 
