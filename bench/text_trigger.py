@@ -7,6 +7,8 @@ with the plain class prompts and with the attack's word in front of every prompt
 scores ASR), and the classes its triggered non-target images go to, most frequent first. A
 backdoor that ties the patch to the target sends them to the target with the word; one that
 ties the patch to the word itself sends them wherever the word's prompts happen to point.
+TrojVQA carries a word only with `attacks.trojvqa.options.text_trigger` set (the default has
+none); an attack without a word gets the class-prompt rows alone.
 """
 from __future__ import annotations
 

@@ -95,6 +95,7 @@ class Scorer:
         self.split = open_split(params, split)
         self.diagnostics = diagnostics
         self.attacks: dict[str, Attack] = {}
+        self._image_side = None
         if diagnostics:
             self.probe_split = open_split(params, "val")
             self.transfer = {name: (open_split(params, f"{name}_test"), classes)
@@ -159,12 +160,10 @@ class Scorer:
         """One dict of metrics per attack (or one without ASR for none); the clean-image
         measurements are shared between them."""
         defended.to(self.placement.device)
-        test = self.features(defended, self.split, self.classes, attack_names, perturb=self.diagnostics)
-        shared = {"clean_accuracy": metrics.clean_accuracy(defended, test.clean, test.labels, self.classes)}
-        transfer = {task: (self.features(defended, split, classes, attack_names), classes)
-                    for task, (split, classes) in (self.transfer.items() if self.diagnostics else ())}
-        if self.diagnostics:
-            shared.update(self.diagnose(defended, test, transfer))
+        test, transfer, shared = self.image_side(defended, attack_names)
+        shared = {"clean_accuracy": metrics.clean_accuracy(defended, test.clean, test.labels, self.classes), **shared}
+        for task, (features, classes) in transfer.items():
+            shared[f"{task}_clean_accuracy"] = metrics.clean_accuracy(defended, features.clean, features.labels, classes)
         rows = []
         for name in attack_names:
             row = {**shared, "attack_success_rate": self.attack_success(defended, name, test, self.classes)}
@@ -174,7 +173,24 @@ class Scorer:
             rows.append(row)
         return rows or [shared]
 
-    def diagnose(self, defended: Defended, test: Features, transfer: dict) -> dict:
+    def image_side(self, defended: Defended, attack_names: list[str]) -> tuple[Features, dict, dict]:
+        """Everything scored from the image tower alone: the split's features, the transfer
+        task's, and the diagnostics. Defenses that leave the tower as it is (none, the linear
+        probe, CoOp) share one computation per backdoored model; the passes and the nuisance
+        probes are most of a cell's scoring."""
+        key = (defended.model, tuple(attack_names)) if image_tower_untouched(defended) else None
+        if key is not None and self._image_side is not None and self._image_side[0][0] is key[0] \
+                and self._image_side[0][1] == key[1]:
+            return self._image_side[1]
+        test = self.features(defended, self.split, self.classes, attack_names, perturb=self.diagnostics)
+        transfer = {task: (self.features(defended, split, classes, attack_names), classes)
+                    for task, (split, classes) in (self.transfer.items() if self.diagnostics else ())}
+        side = (test, transfer, self.diagnose(defended, test) if self.diagnostics else {})
+        # The model itself is held, not its id, so a later model cannot reuse the id and match.
+        self._image_side = (key, side) if key is not None else self._image_side
+        return side
+
+    def diagnose(self, defended: Defended, test: Features) -> dict:
         probe = self.features(defended, self.probe_split, self.classes)
         factors = [name for name in FACTORS if name in self.split.factors and name in self.probe_split.factors]
         probes = {}
@@ -183,10 +199,13 @@ class Scorer:
                                        self.split.factors[name][test.index].tolist())
             probes[name] = diagnostics_lib.probe_accuracy(probe.clean, train, test.clean, held,
                                                           self.params.evaluate.probe_steps)
-        out = {"resistivity": diagnostics_lib.resistivity(test.clean, test.perturbed),
-               "layer_resistivity": test.layers,
-               "nuisance_probe_accuracy": float(np.mean(list(probes.values()))) if probes else None,
-               "nuisance_probe": probes}
-        for task, (features, classes) in transfer.items():
-            out[f"{task}_clean_accuracy"] = metrics.clean_accuracy(defended, features.clean, features.labels, classes)
-        return out
+        return {"resistivity": diagnostics_lib.resistivity(test.clean, test.perturbed),
+                "layer_resistivity": test.layers,
+                "nuisance_probe_accuracy": float(np.mean(list(probes.values()))) if probes else None,
+                "nuisance_probe": probes}
+
+
+def image_tower_untouched(defended: Defended) -> bool:
+    """Whether the defended model's image features are its CLIP's own (`self.model`'s)."""
+    kind = type(defended)
+    return kind.encode_image is Defended.encode_image and kind.block_cls is Defended.block_cls

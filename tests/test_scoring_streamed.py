@@ -62,3 +62,40 @@ def test_streamed_scores_equal_whole_split_scores(reproduced, tmp_path, monkeypa
             for kind, blocks in expected["layer_resistivity"].items():
                 assert row["layer_resistivity"][kind] == pytest.approx(blocks, abs=1e-6), kind
             assert row["attack_success_rate"] == expected[name], name
+
+
+def test_defenses_that_keep_the_image_tower_share_its_scoring(reproduced, tmp_path, monkeypatch):
+    """none, a linear probe and CoOp read the backdoored model's own image features: one Scorer
+    computes them once for all three and scores each exactly as a Scorer of its own does. A
+    prompted model on the same CLIP changes the features and gets its own pass."""
+    from torch import nn
+
+    from pipeline.cells import load_defended
+    from rvpt.defenses.coop import CoOp
+    from rvpt.defenses.linear_probe import LinearProbe
+
+    project = copy_of(reproduced, tmp_path)
+    monkeypatch.chdir(project)
+    params = params_module.load()
+    model = models.load(paths.backdoored("badnet"))[0]
+    tokenize = models.tokenizer(params.model.config)
+    generator = torch.Generator().manual_seed(0)
+    width, classes = model.text_projection.shape[1], params.data.class_names
+    head = nn.Linear(width, len(classes))
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(len(classes), width, generator=generator))
+    cells = {"none": zero_shot(params, model), "linear_probe": LinearProbe(model, head, classes),
+             "coop": CoOp(model, tokenize, 0.02 * torch.randn(4, model.token_embedding.weight.shape[1],
+                                                             generator=generator)),
+             "rvpt": load_defended(params, "badnet", "rvpt", model, tokenize)[0]}
+    shared = Scorer(params, "test", diagnostics=True)
+    passes = []
+    features = shared.features
+    monkeypatch.setattr(shared, "features", lambda *args, **kwargs: passes.append(args[1]) or features(*args, **kwargs))
+    for name, defended in cells.items():
+        before = len(passes)
+        row = shared.rows(defended, ["badnet"])
+        assert row == Scorer(params, "test", diagnostics=True).rows(defended, ["badnet"]), name
+        assert (len(passes) > before) == (name in ("none", "rvpt")), name
+    assert len({row["clean_accuracy"] for row in
+                (shared.rows(d, ["badnet"])[0] for d in cells.values())}) > 1  # the classifiers differ
