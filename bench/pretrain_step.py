@@ -2,11 +2,13 @@
 model.config), training the whole 49,408-row token embedding against training only the rows the
 captions use (what rvpt.train.train_clip does), and whether the two give the same weights.
 
-    uv run python bench/pretrain_step.py [--steps 40] [--repeats 3] [--vocabulary 300]
+    uv run python bench/pretrain_step.py [--steps 40] [--repeats 3] [--vocabulary 300] [--compile]
 
 The captions draw their tokens from `--vocabulary` distinct ids (the default world's corpus uses
 a few dozen). Milliseconds per step are the median over `--repeats` runs of `--steps` steps after
-5 warm-up steps, on `threads` CPU threads (params.yaml), fp32.
+5 warm-up steps, on `threads` CPU threads (params.yaml), fp32. `--compile` adds a row for the used
+rows under torch.compile (`compute.compile: true`), whose numerics are not eager's, and the
+seconds its first step takes (the compilation, with the process's cache cold).
 """
 from __future__ import annotations
 
@@ -25,11 +27,11 @@ from rvpt.train import ClipTrainConfig, _train, train_clip
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed(train, model, images, tokens, steps: int) -> tuple[float, torch.nn.Module]:
-    stamps = []
-    config = ClipTrainConfig(steps=steps + 5, batch_size=len(images) // (steps + 5), warmup=5)
+def timed(train, model, images, tokens, steps: int, compile: bool = False) -> tuple[float, torch.nn.Module, float]:
+    stamps = [time.perf_counter()]
+    config = ClipTrainConfig(steps=steps + 5, batch_size=len(images) // (steps + 5), warmup=5, compile=compile)
     train(model, images, tokens, config, on_step=lambda _: stamps.append(time.perf_counter()))
-    return (stamps[-1] - stamps[4]) / steps * 1000, model
+    return (stamps[-1] - stamps[5]) / steps * 1000, model, stamps[1] - stamps[0]
 
 
 def main() -> None:
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vocabulary", type=int, default=300)
+    parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     torch.set_num_threads(params["threads"])
@@ -59,7 +62,7 @@ def main() -> None:
     results = {}
     for name, train in (("whole table", whole), ("used rows only", used)):
         runs = [timed(train, copy.deepcopy(base), images, tokens, args.steps) for _ in range(args.repeats)]
-        results[name] = (statistics.median(ms for ms, _ in runs), runs[0][1])
+        results[name] = (statistics.median(ms for ms, _, _ in runs), runs[0][1])
     same = all(torch.equal(a, b) for a, b in zip(results["whole table"][1].state_dict().values(),
                                                    results["used rows only"][1].state_dict().values()))
     print(f"model {sum(p.numel() for p in base.parameters()):,} parameters, "
@@ -67,6 +70,9 @@ def main() -> None:
     print("| training | ms/step |\n|---|---|")
     for name, (ms, _) in results.items():
         print(f"| {name} | {ms:.1f} |")
+    if args.compile:
+        ms, _, first = timed(used, copy.deepcopy(base), images, tokens, args.steps, compile=True)
+        print(f"| used rows only, torch.compile | {ms:.1f} (first step {first:.1f} s) |")
     print(f"same weights after {args.steps + 5} steps: {same}")
 
 
