@@ -160,8 +160,8 @@ class Scorer:
         """One dict of metrics per attack (or one without ASR for none); the clean-image
         measurements are shared between them."""
         defended.to(self.placement.device)
-        test, transfer, shared = self.image_side(defended, attack_names)
-        shared = {"clean_accuracy": metrics.clean_accuracy(defended, test.clean, test.labels, self.classes), **shared}
+        test, transfer, diagnosed = self.image_side(defended, attack_names)
+        shared = {"clean_accuracy": metrics.clean_accuracy(defended, test.clean, test.labels, self.classes), **diagnosed}
         for task, (features, classes) in transfer.items():
             shared[f"{task}_clean_accuracy"] = metrics.clean_accuracy(defended, features.clean, features.labels, classes)
         rows = []
@@ -178,16 +178,17 @@ class Scorer:
         task's, and the diagnostics. Defenses that leave the tower as it is (none, the linear
         probe, CoOp) share one computation per backdoored model; the passes and the nuisance
         probes are most of a cell's scoring."""
-        key = (defended.model, tuple(attack_names)) if image_tower_untouched(defended) else None
-        if key is not None and self._image_side is not None and self._image_side[0][0] is key[0] \
-                and self._image_side[0][1] == key[1]:
-            return self._image_side[1]
+        shares = image_tower_untouched(defended)
+        # The model itself is held, not its id, so a later model cannot reuse the id and match.
+        held = self._image_side
+        if shares and held is not None and held[0] is defended.model and held[1] == attack_names:
+            return held[2]
         test = self.features(defended, self.split, self.classes, attack_names, perturb=self.diagnostics)
         transfer = {task: (self.features(defended, split, classes, attack_names), classes)
                     for task, (split, classes) in (self.transfer.items() if self.diagnostics else ())}
         side = (test, transfer, self.diagnose(defended, test) if self.diagnostics else {})
-        # The model itself is held, not its id, so a later model cannot reuse the id and match.
-        self._image_side = (key, side) if key is not None else self._image_side
+        if shares:
+            self._image_side = (defended.model, list(attack_names), side)
         return side
 
     def diagnose(self, defended: Defended, test: Features) -> dict:

@@ -89,9 +89,13 @@ def test_defenses_that_keep_the_image_tower_share_its_scoring(reproduced, tmp_pa
                                                              generator=generator)),
              "rvpt": load_defended(params, "badnet", "rvpt", model, tokenize)[0]}
     shared = Scorer(params, "test", diagnostics=True)
-    passes = []
-    features = shared.features
-    monkeypatch.setattr(shared, "features", lambda *args, **kwargs: passes.append(args[1]) or features(*args, **kwargs))
+    passes, features = [], shared.features
+
+    def counted(defended, split, *args, **kwargs):
+        passes.append(split)
+        return features(defended, split, *args, **kwargs)
+
+    monkeypatch.setattr(shared, "features", counted)
     for name, defended in cells.items():
         before = len(passes)
         row = shared.rows(defended, ["badnet"])
