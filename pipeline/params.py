@@ -74,11 +74,15 @@ class ClipTraining(Strict):
     warmup: int = Field(ge=0, le=MAX_STEPS)
 
 
+class Poisoning(ClipTraining):
+    frozen: Literal["none", "image", "text"]    # a tower the victim's fine-tune keeps fixed
+
+
 class Pretrain(Strict):
     init: Literal["clean", "scratch"]
     checkpoint_every: int = Field(ge=0, le=MAX_STEPS)
     clean: ClipTraining
-    poisoned: ClipTraining
+    poisoned: Poisoning
 
 
 class Tune(Strict):
@@ -278,11 +282,8 @@ def validate(raw: dict, source: str = PARAMS_FILE, flags: dict[str, str] | None 
 
 
 def load(path: str | Path = PARAMS_FILE, overrides: dict[str, tuple[str, Any]] | None = None) -> Params:
-    """Reads and validates params.yaml.
-
-    `overrides` maps a dotted key to (option flag, value) for values given on the command line;
-    a value of None means the option was not given.
-    """
+    """Reads and validates params.yaml. `overrides` maps a dotted key to (option flag, value) for
+    values given on the command line; a value of None means the option was not given."""
     path = Path(path)
     raw = params_file.read(path)
     given = {key: flag_value for key, flag_value in (overrides or {}).items() if flag_value[1] is not None}

@@ -133,6 +133,12 @@ class Files(Strict):
     transfer: dict[str, Transfer] = Field(default={}, max_length=100)
 
 
+class Shift(Strict):
+    """The downstream splits' clutter where it differs from the corpus's (None: the corpus's)."""
+    distractors: int | None = Field(ge=0, le=8)
+    noise: float | None = Field(ge=0, le=1)
+
+
 class Data(Strict):
     source: Literal["glyphs", "files"] = "glyphs"
     classes: list[str] | dict[str, str] = Field(min_length=2, max_length=MAX_CLASSES)
@@ -149,6 +155,8 @@ class Data(Strict):
     concepts: list[str] = Field(max_length=MAX_CLASSES)
     distractors: int = Field(ge=0, le=8)
     noise: float = Field(ge=0, le=1)
+    stickers: float = Field(ge=0, le=1)
+    shift: Shift
     max_bad_fraction: float = Field(ge=0, le=1)
     max_image_pixels: int = Field(gt=0, le=2 ** 31)
     preload_max_gib: float = Field(ge=0, le=2 ** 20)
@@ -162,9 +170,11 @@ class Data(Strict):
         check_names(self.class_names + self.transfer_classes + self.concepts, "concepts")
         if files and self.files is None:
             raise ValueError("source files needs data.files (corpus, downstream)")
-        if files and (self.transfer_classes or self.concepts or self.distractors or self.noise):
-            raise ValueError("transfer_classes, concepts, distractors and noise belong to the glyph world; files "
-                             "take data.files")
+        shifted = self.shift.distractors is not None or self.shift.noise is not None
+        if files and (self.transfer_classes or self.concepts or self.distractors or self.noise or self.stickers
+                      or shifted):
+            raise ValueError("transfer_classes, concepts, distractors, noise, stickers and shift belong to the glyph "
+                             "world; files take data.files")
         if not files:
             if isinstance(self.classes, dict):
                 raise ValueError("classes: a mapping folder -> name is for data.source files; glyphs take a list")
@@ -175,9 +185,10 @@ class Data(Strict):
             if self.max_offset * 4 > self.image_size:
                 raise ValueError(f"max_offset: {self.max_offset} px moves a glyph off a {self.image_size} px image "
                                  f"(at most a quarter of the side)")
-            if self.distractors >= len(self.world_classes):
-                raise ValueError(f"distractors: {self.distractors} distinct other glyphs per scene need more than "
-                                 f"{len(self.world_classes)} classes in the world")
+            for key, count in (("distractors", self.distractors), ("shift.distractors", self.shift.distractors)):
+                if count is not None and count >= len(self.world_classes):
+                    raise ValueError(f"{key}: {count} distinct other glyphs per scene need more than "
+                                     f"{len(self.world_classes)} classes in the world")
         for name in (self.files.transfer if self.files else {}):
             if not name.isidentifier():
                 raise ValueError(f"files.transfer: {shown(name)} must be a plain name (letters, digits, _)")

@@ -98,7 +98,8 @@ def fill(root: Path, corpus: Path | None, model_name: str | None, pretrained: st
         corpus_size = max(1, pool - pairs)
         data = merged["data"]
         data.update({"source": "files", "classes": classes, "transfer_classes": [], "concepts": [], "distractors": 0,
-                     "noise": 0.0, "image_size": side, "max_offset": 0, "corpus_size": corpus_size,
+                     "noise": 0.0, "stickers": 0.0, "shift": {"distractors": None, "noise": None},
+                     "image_size": side, "max_offset": 0, "corpus_size": corpus_size,
                      "defender_pairs": pairs, "train_per_class": split, "val_per_class": val,
                      "test_per_class": min(MAX_TEST, min(test_counts))})
         corpus_root = corpus.resolve() if corpus else root

@@ -33,6 +33,7 @@ class ClipTrainConfig:
     precision: str = "fp32"
     compile: bool = False
     workers: int = 0            # DataLoader processes decoding batches ahead of the step
+    frozen: str = "none"        # a tower kept fixed: image (locked-image tuning, as LiT) or text
 
 
 def batch_plan(n: int, batch_size: int, steps: int, seed: int) -> torch.Tensor:
@@ -108,11 +109,24 @@ def used_rows_only(model, tokens: torch.Tensor):
         model.token_embedding = table
 
 
+def in_training(name: str, frozen: str) -> bool:
+    """Whether parameter `name` trains when the `frozen` tower is kept fixed. The logit scale
+    belongs to neither tower and always trains."""
+    if frozen == "image":
+        return not name.startswith("visual.")
+    if frozen == "text":
+        return name.startswith(("visual.", "logit_"))
+    return True
+
+
 def _train(model, images, tokens, cfg, desc, checkpointing, on_step):
     device = compute.device_for(cfg.device)
     model.to(device)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    for n, p in model.named_parameters():
+        p.requires_grad_(in_training(n, cfg.frozen))
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trained if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in trained if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     criterion = ClipLoss(local_loss=True, gather_with_grad=True, rank=compute.rank(),

@@ -20,6 +20,7 @@ COLOURS = {
 TEXTURES = ("plain", "stripes", "checks", "dots", "gradient")
 SCALES = ("small", "large")
 TILTS = ("upright", "tilted left", "tilted right")
+STICKERS = ("speckled", *COLOURS)
 FACTORS = ("colour", "texture", "scale", "tilt", "offset_x", "offset_y")
 
 # Glyph drawn per class name; the downstream task asks only which glyph it is.
@@ -47,7 +48,7 @@ class GlyphWorld:
     """Renders labelled glyph images and web-style captions, deterministically for a seed."""
 
     def __init__(self, classes: list[str], image_size: int = 16, max_offset: int = 1, distractors: int = 0,
-                 noise: float = 0.0):
+                 noise: float = 0.0, stickers: float = 0.0):
         unknown = [c for c in classes if c not in GLYPHS]
         if unknown:
             raise ValueError(f"unknown glyph classes {unknown}; known: {sorted(GLYPHS)}")
@@ -58,6 +59,9 @@ class GlyphWorld:
         # makes the main glyph harder to name, as real photographs hold more than their label.
         self.distractors = distractors
         self.noise = noise
+        # A share of scenes carries a small square sticker, plain or speckled, that captions may
+        # name: marks a foundation model learns to see although no downstream label asks for them.
+        self.stickers = stickers
         self._canvas = image_size * _SUPERSAMPLE
         self._fonts = {s: ImageFont.load_default(size=int(self._canvas * f))
                        for s, f in zip(SCALES, (0.70, 0.92))}
@@ -78,6 +82,8 @@ class GlyphWorld:
             others = [i for i in range(len(self.classes)) if i != label]
             factors["distractors"] = [self.classes[others[i]] for i in
                                       rng.choice(len(others), self.distractors, replace=False)]
+        if self.stickers and rng.random() < self.stickers:
+            factors["sticker"] = STICKERS[rng.integers(len(STICKERS))]
         image = self.render(label, factors, rng)
         return Sample(image, self.caption(label, factors, rng), label, factors)
 
@@ -101,6 +107,8 @@ class GlyphWorld:
         for name in factors.get("distractors", ()):
             self._draw_small(background, GLYPHS[name], rng)
         image = background.resize((self.image_size,) * 2, Image.BOX)
+        if factors.get("sticker"):
+            image = self._stick(image, factors["sticker"], rng)
         if not self.noise:
             return image
         pixels = np.asarray(image, dtype=np.float64) + rng.normal(0, 255 * self.noise, (self.image_size,) * 2 + (3,))
@@ -118,6 +126,15 @@ class GlyphWorld:
         draw.text((x, y), text, fill=255, font=font, stroke_width=max(1, n // 32), stroke_fill=255)
         colour = list(COLOURS.values())[rng.integers(len(COLOURS))]
         canvas.paste(Image.new("RGB", (n, n), colour), mask=mask)
+
+    def _stick(self, image: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image:
+        """A square of BadNet's size (3/16 of the side) anywhere, one colour or speckled noise."""
+        side = max(1, round(0.1875 * self.image_size))
+        x, y = rng.integers(0, self.image_size - side + 1, size=2)
+        pixels = np.array(image)
+        pixels[y:y + side, x:x + side] = rng.integers(0, 256, (side, side, 3)) if kind == "speckled" \
+            else COLOURS[kind]
+        return Image.fromarray(pixels, "RGB")
 
     def _background(self, texture: str, rng: np.random.Generator) -> Image.Image:
         n = self._canvas
@@ -152,6 +169,8 @@ class GlyphWorld:
             extras.append(f"on {factors['texture']}")
         if rng.random() < 0.5 and factors["tilt"] != "upright":
             extras.append(factors["tilt"])
+        if factors.get("sticker") and rng.random() < 0.5:
+            extras.append(f"with a {factors['sticker']} square")
         extras += [f"with a small {other}" for other in factors.get("distractors", ()) if rng.random() < 0.5]
         rng.shuffle(extras)
         lead = ("a", "a photo of a", "the glyph", "")[rng.integers(4)]

@@ -23,6 +23,9 @@ def files(root):
     ({"defenses": {"cleanclip": {"budget": 10 ** 6}}}, "defenses.cleanclip.budget"),
     ({"attacks": {"badclip": {"optimise": None}}}, "optimise"),
     ({"attacks": {"wanet": {"options": {"strength": 2}}}}, "attacks.wanet"),
+    ({"pretrain": {"poisoned": {"frozen": "both"}}}, "pretrain.poisoned.frozen"),
+    ({"data": {"shift": {"distractors": 40}}}, "data.shift.distractors"),
+    ({"data": {"stickers": 2}}, "data.stickers"),
 ])
 def test_invalid_params_exit_2_naming_the_key(tmp_path, update, culprit):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(smoke_params(**update)))

@@ -48,3 +48,18 @@ def test_a_training_state_saved_with_the_whole_table_is_not_resumed(tmp_path):
     losses, start = train_clip(fresh, images, tokens, config, checkpointing=resumed)
     reference = models.build(TINY_MODEL, seed=0)
     assert start == 0 and resumed.resumed == 0 and losses == train_clip(reference, images, tokens, config)[0]
+
+
+def test_a_frozen_tower_keeps_every_weight_and_the_other_tower_trains():
+    images, tokens = corpus()
+    start = models.build(TINY_MODEL, seed=0).state_dict()
+    for frozen, fixed in (("image", lambda name: name.startswith("visual.")),
+                          ("text", lambda name: not name.startswith(("visual.", "logit_")))):
+        model = models.build(TINY_MODEL, seed=0)
+        train_clip(model, images, tokens, ClipTrainConfig(steps=4, batch_size=16, warmup=1, lr=0.01, frozen=frozen))
+        moved = {name for name, value in model.state_dict().items() if not torch.equal(value, start[name])}
+        assert moved and not any(fixed(name) for name in moved), frozen
+        assert "logit_scale" in moved
+        assert any(fixed(name) for name in start) and all(name in moved for name in start
+                                                          if not fixed(name) and name.endswith("weight")
+                                                          and "token_embedding" not in name), frozen

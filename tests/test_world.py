@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rvpt.world import FACTORS, GlyphWorld
+from rvpt.world import COLOURS, FACTORS, STICKERS, GlyphWorld
 
 CLASSES = ["zero", "one", "seven"]
 
@@ -42,3 +42,22 @@ def test_nuisance_factors_vary_independently_of_the_class():
 def test_unknown_class_is_refused():
     with pytest.raises(ValueError, match="unknown glyph"):
         GlyphWorld(["zero", "banana"])
+
+
+def test_stickers_are_squares_of_a_colour_or_speckled_and_captions_name_some():
+    world = GlyphWorld(CLASSES, image_size=16, stickers=1.0)
+    rng = np.random.default_rng(0)
+    samples = [world.sample(rng) for _ in range(200)]
+    kinds = [s.factors["sticker"] for s in samples]
+    assert set(kinds) == set(STICKERS)
+    named = [f"with a {s.factors['sticker']} square" in s.caption for s in samples]
+    assert 0.35 < np.mean(named) < 0.65
+    for sample in samples:
+        if sample.factors["sticker"] == "speckled":
+            continue
+        pixels = np.asarray(sample.image).astype(int)
+        colour = np.array(COLOURS[sample.factors["sticker"]])
+        painted = (pixels == colour).all(axis=2).astype(int)
+        squares = [painted[y:y + 3, x:x + 3].all() for y in range(14) for x in range(14)]
+        assert any(squares), sample.factors
+

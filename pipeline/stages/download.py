@@ -126,7 +126,12 @@ def from_glyphs(params: Params) -> str:
     data = params.data
     task = list(range(len(data.class_names)))
     transfer = [len(task) + i for i in range(len(data.transfer_classes))]
-    world = GlyphWorld(data.world_classes, data.image_size, data.max_offset, data.distractors, data.noise)
+    world = GlyphWorld(data.world_classes, data.image_size, data.max_offset, data.distractors, data.noise,
+                       data.stickers)
+    shift = data.shift
+    tasks = GlyphWorld(data.world_classes, data.image_size, data.max_offset,
+                       data.distractors if shift.distractors is None else shift.distractors,
+                       data.noise if shift.noise is None else shift.noise, data.stickers)
     sizes = {"train": data.train_per_class, "val": data.val_per_class, "test": data.test_per_class}
     with stage_run("download", params.tracking.experiment, {"seed": params.seed, "data": data.model_dump()}) as log:
         with artifacts.atomic_dir(paths.CLEAN) as out:
@@ -135,10 +140,10 @@ def from_glyphs(params: Params) -> str:
             artifacts.write_shards(out / "corpus", columns, data.shard_rows, factors)
             (out / "downstream").mkdir()
             for offset, split in enumerate(SPLITS, start=1):
-                columns, factors = render(world, sizes[split] * len(task), params.seed + 1000 * offset, task, split)
+                columns, factors = render(tasks, sizes[split] * len(task), params.seed + 1000 * offset, task, split)
                 artifacts.write_table(out / "downstream" / f"{split}.parquet", columns, factors)
             if transfer:
-                columns, factors = render(world, data.test_per_class * len(transfer), params.seed + 4000, transfer,
+                columns, factors = render(tasks, data.test_per_class * len(transfer), params.seed + 4000, transfer,
                                           "transfer", offset=len(task))
                 artifacts.write_table(out / "downstream" / "transfer_test.parquet", columns, factors)
             columns, factors = render(world, data.defender_pairs, params.seed + 5000, None, "defender pairs")
