@@ -21,7 +21,7 @@ from trigger_path import first_images
 from pipeline import params as params_module
 from pipeline import paths
 from pipeline.evaluation import load_attack
-from rvpt import models
+from rvpt import metrics, models
 from rvpt.images import normalize
 from rvpt.zeroshot import class_embeddings
 
@@ -38,10 +38,8 @@ def fit(features, labels, start, scale, steps: int) -> torch.Tensor:
 
 
 def scores(weights, clean, triggered, labels, target) -> tuple[float, float]:
-    keep = labels != target
-    ca = ((clean @ weights.T).argmax(-1) == labels).float().mean()
-    asr = ((triggered[keep] @ weights.T).argmax(-1) == target).float().mean()
-    return float(ca), float(asr)
+    return (metrics.accuracy((clean @ weights.T).argmax(-1), labels),
+            metrics.attack_success_rate((triggered @ weights.T).argmax(-1), labels, target))
 
 
 def main() -> None:

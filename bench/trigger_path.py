@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pipeline import params as params_module
 from pipeline import paths
 from pipeline.evaluation import load_attack, load_backdoored, open_split
-from rvpt import models
+from rvpt import metrics, models
 from rvpt.defenses import KINDS, ZeroShot
 from rvpt.images import normalize
 from rvpt.poisoning import with_text_trigger
@@ -66,8 +66,8 @@ def towers(clean_model, backdoored, tokenize, params, clean_in, triggered_in, la
     print("\n| image tower | text tower | CA | ASR |\n|---|---|---|---|")
     for image_key, (clean, triggered) in embedded.items():
         for text_key, text in texts.items():
-            ca = ((clean @ text.T).argmax(-1) == labels).float().mean()
-            asr = ((triggered[keep] @ text.T).argmax(-1) == target).float().mean()
+            ca = metrics.accuracy((clean @ text.T).argmax(-1), labels)
+            asr = metrics.attack_success_rate((triggered @ text.T).argmax(-1), labels, target)
             print(f"| {image_key} | {text_key} | {ca:.3f} | {asr:.3f} |")
     clean, triggered = embedded["backdoored"]
     shift = (triggered - clean)[keep].mean(0)

@@ -60,4 +60,3 @@ def test_stickers_are_squares_of_a_colour_or_speckled_and_captions_name_some():
         painted = (pixels == colour).all(axis=2).astype(int)
         squares = [painted[y:y + 3, x:x + 3].all() for y in range(14) for x in range(14)]
         assert any(squares), sample.factors
-
