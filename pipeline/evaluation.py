@@ -6,6 +6,7 @@ resistivity and the nuisance-factor probes.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,7 +96,7 @@ class Scorer:
         self.split = open_split(params, split)
         self.diagnostics = diagnostics
         self.attacks: dict[str, Attack] = {}
-        self._image_side = None
+        self._image_sides = weakref.WeakKeyDictionary()  # model -> (attack names, its image side)
         if diagnostics:
             self.probe_split = open_split(params, "val")
             self.transfer = {name: (open_split(params, f"{name}_test"), classes)
@@ -179,16 +180,18 @@ class Scorer:
         probe, CoOp) share one computation per backdoored model; the passes and the nuisance
         probes are most of a cell's scoring."""
         shares = image_tower_untouched(defended)
-        # The model itself is held, not its id, so a later model cannot reuse the id and match.
-        held = self._image_side
-        if shares and held is not None and held[0] is defended.model and held[1] == attack_names:
-            return held[2]
+        # Keyed by the model itself, held weakly: a cell with its own copy (fine-tuning, CleanCLIP)
+        # does not push out the backdoored model that a later cell shares, and a freed model's
+        # entry goes with it, so a later model cannot reuse its id and match.
+        held = self._image_sides.get(defended.model) if shares else None
+        if held is not None and held[0] == list(attack_names):
+            return held[1]
         test = self.features(defended, self.split, self.classes, attack_names, perturb=self.diagnostics)
         transfer = {task: (self.features(defended, split, classes, attack_names), classes)
                     for task, (split, classes) in (self.transfer.items() if self.diagnostics else ())}
         side = (test, transfer, self.diagnose(defended, test) if self.diagnostics else {})
         if shares:
-            self._image_side = (defended.model, list(attack_names), side)
+            self._image_sides[defended.model] = (list(attack_names), side)
         return side
 
     def diagnose(self, defended: Defended, test: Features) -> dict:

@@ -113,8 +113,33 @@ def named_config(name: str) -> dict | None:
 
 def tokenizer(model_cfg: dict):
     """open_clip's BPE tokenizer (shipped in the wheel), cut to the model's context length."""
-    context_length = model_cfg["text_cfg"]["context_length"]
-    return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+    return RememberingTokenizer(context_length=model_cfg["text_cfg"]["context_length"])
+
+
+class RememberingTokenizer(open_clip.tokenizer.SimpleTokenizer):
+    """open_clip's SimpleTokenizer, which encodes each distinct text once: a corpus repeats its
+    captions (28,457 distinct in the default world's 40,000) and CleanCLIP tokenizes its pairs
+    again every epoch. Each text's ids do not depend on the others', so the output is the same."""
+
+    REMEMBERED = 2 ** 17  # texts kept across calls; past it, a call still encodes each distinct text once
+
+    def __init__(self, context_length: int):
+        super().__init__(context_length=context_length)
+        self.known: dict[str, torch.Tensor] = {}
+
+    def __call__(self, texts, context_length: int | None = None) -> torch.Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if context_length not in (None, self.context_length) or self.reduction_fn is not None:
+            return super().__call__(texts, context_length)
+        found = {text: self.known[text] for text in texts if text in self.known}
+        new = [text for text in dict.fromkeys(texts) if text not in found]
+        if new:
+            found.update(zip(new, super().__call__(new)))
+            room = self.REMEMBERED - len(self.known)
+            self.known.update((text, found[text]) for text in new[:max(room, 0)])
+        if not texts:
+            return torch.zeros(0, self.context_length, dtype=torch.long)
+        return torch.stack([found[text] for text in texts])
 
 
 def count_parameters(parameters) -> int:

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.distributed as dist
 from open_clip.loss import ClipLoss
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
@@ -18,6 +16,7 @@ from rvpt.errors import Diverged
 from rvpt.images import normalize
 from rvpt.resume import Checkpointing
 from rvpt.schedule import warmup_cosine
+from rvpt.token_rows import UsedRows
 from rvpt.progress import progress
 
 
@@ -76,37 +75,8 @@ def train_clip(model, images, tokens: torch.Tensor, cfg: ClipTrainConfig,
     With `checkpointing`, the whole training state is saved every few steps and a matching saved
     state is resumed bit-exactly. `on_step(step)` is called after every optimizer step.
     """
-    with used_rows_only(model, tokens) as tokens:
-        return _train(model, images, tokens, cfg, desc, checkpointing, on_step)
-
-
-@contextmanager
-def used_rows_only(model, tokens: torch.Tensor):
-    """While training, the token embedding holds only the rows that `tokens` use; yields the
-    tokens renumbered to match, and puts the trained rows back into the full table on exit.
-
-    Why: CLIP's 49,408-row vocabulary can be most of a small model (91% of the default world's),
-    and AdamW visits every row every step. A row no token indexes has a zero gradient and zero
-    moments, and the embedding is not weight-decayed, so its update is exactly zero: training
-    the used rows alone gives the same weights bit for bit, in three quarters of the time per
-    step here (bench/pretrain_step.py).
-    Ids are renumbered in order, so the argmax pooling on the end-of-text token (the largest id)
-    picks the same position. Models that read token ids any other way train the full table.
-    """
-    table = getattr(model, "token_embedding", None)
-    if not isinstance(table, nn.Embedding) or getattr(model, "text_pool_type", None) not in ("argmax", "first", "last"):
-        yield tokens
-        return
-    rows = torch.unique(tokens)
-    model.token_embedding = nn.Embedding.from_pretrained(table.weight.detach()[rows].clone(), freeze=False)
-    try:
-        yield torch.searchsorted(rows, tokens)
-    finally:
-        trained = model.token_embedding.weight.detach()
-        table.to(trained.device)  # training may have moved the model to another device
-        with torch.no_grad():
-            table.weight[rows.to(trained.device)] = trained
-        model.token_embedding = table
+    with UsedRows(model, tokens) as used:  # the embedding is not weight-decayed here: nothing to replay
+        return _train(model, images, used.renumber(tokens), cfg, desc, checkpointing, on_step)
 
 
 def in_training(name: str, frozen: str) -> bool:

@@ -10,6 +10,8 @@ from conftest import TINY_MODEL, defense_settings
 from rvpt import models
 from rvpt.defenses import KINDS, DefenderData
 from rvpt.metrics import attack_success, clean_accuracy
+from rvpt.resume import Checkpointing
+from rvpt.token_rows import caption_ids
 from rvpt.zeroshot import image_features
 
 CLASSES = ["zero", "one", "two"]
@@ -130,3 +132,41 @@ def test_finetuning_with_the_repelling_loss_moves_block_tokens_away_from_the_ori
             tuned, frozen = (frozen_block_cls(m.visual, images, 1) for m in (defended.model, model))
         cosines[alpha] = torch.nn.functional.cosine_similarity(tuned, frozen, dim=-1).mean().item()
     assert cosines[2.0] < cosines[0.0] - 0.05, cosines
+
+
+def test_cleanclip_resumed_from_its_last_saved_state_gives_the_uninterrupted_weights(tmp_path):
+    """Its state holds the kept embedding rows, the augmentation draws of both generators, and
+    the weight decay of the rows no caption uses is replayed over the steps before the resume."""
+    model, tokenize = models.build(TINY_MODEL, seed=0), models.tokenizer(TINY_MODEL)
+
+    def fitted(checkpointing=None):
+        settings = defense_settings("cleanclip", **SETTINGS["cleanclip"], checkpointing=checkpointing)
+        return KINDS["cleanclip"].fit(model, data(), tokenize, TEMPLATES, settings)[0].model.state_dict()
+
+    whole = fitted()
+    fitted(Checkpointing(tmp_path / "state.pt", every=1, fingerprint="same run"))  # leaves its last state
+    resumed = Checkpointing(tmp_path / "state.pt", every=1, fingerprint="same run")
+    again = fitted(resumed)
+    assert resumed.resumed == 3
+    assert all(torch.equal(whole[name], again[name]) for name in whole)
+
+
+def test_a_saved_state_of_another_layout_is_not_resumed(tmp_path):
+    """A state written when CleanCLIP trained the whole token table (older code) starts over."""
+    model, tokenize = models.build(TINY_MODEL, seed=0), models.tokenizer(TINY_MODEL)
+    state = tmp_path / "state.pt"
+
+    def fitted(checkpointing=None):
+        settings = defense_settings("cleanclip", **SETTINGS["cleanclip"], checkpointing=checkpointing)
+        return KINDS["cleanclip"].fit(model, data(), tokenize, TEMPLATES, settings)[0].model.state_dict()
+
+    fitted(Checkpointing(state, every=1, fingerprint="same run"))
+    saved = torch.load(state, weights_only=True)
+    kept = (len(caption_ids(tokenize, data().pair_captions)), model.token_embedding.embedding_dim)
+    [embedding] = [i for i, tensor in enumerate(saved["tensors"]) if tensor.shape == kept]
+    saved["tensors"][embedding] = model.token_embedding.weight.detach().clone()  # the whole table
+    torch.save(saved, state)
+    resumed = Checkpointing(state, every=1, fingerprint="same run")
+    again = fitted(resumed)
+    whole = fitted()
+    assert resumed.resumed == 0 and all(torch.equal(whole[name], again[name]) for name in whole)

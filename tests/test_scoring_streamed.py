@@ -66,8 +66,11 @@ def test_streamed_scores_equal_whole_split_scores(reproduced, tmp_path, monkeypa
 
 def test_defenses_that_keep_the_image_tower_share_its_scoring(reproduced, tmp_path, monkeypatch):
     """none, a linear probe and CoOp read the backdoored model's own image features: one Scorer
-    computes them once for all three and scores each exactly as a Scorer of its own does. A
-    prompted model on the same CLIP changes the features and gets its own pass."""
+    computes them once for all three and scores each exactly as a Scorer of its own does, even
+    with a cell on a copy of the model (fine-tuning's) scored in between. A prompted model on the
+    same CLIP changes the features and gets its own pass."""
+    import copy
+
     from torch import nn
 
     from pipeline.cells import load_defended
@@ -85,6 +88,7 @@ def test_defenses_that_keep_the_image_tower_share_its_scoring(reproduced, tmp_pa
     with torch.no_grad():
         head.weight.copy_(torch.randn(len(classes), width, generator=generator))
     cells = {"none": zero_shot(params, model), "linear_probe": LinearProbe(model, head, classes),
+             "finetune": zero_shot(params, copy.deepcopy(model)),
              "coop": CoOp(model, tokenize, 0.02 * torch.randn(4, model.token_embedding.weight.shape[1],
                                                              generator=generator)),
              "rvpt": load_defended(params, "badnet", "rvpt", model, tokenize)[0]}
@@ -100,6 +104,6 @@ def test_defenses_that_keep_the_image_tower_share_its_scoring(reproduced, tmp_pa
         before = len(passes)
         row = shared.rows(defended, ["badnet"])
         assert row == Scorer(params, "test", diagnostics=True).rows(defended, ["badnet"]), name
-        assert (len(passes) > before) == (name in ("none", "rvpt")), name
+        assert (len(passes) > before) == (name in ("none", "finetune", "rvpt")), name
     assert len({row["clean_accuracy"] for row in
                 (shared.rows(d, ["badnet"])[0] for d in cells.values())}) > 1  # the classifiers differ

@@ -1,12 +1,16 @@
 """Contrastive training that updates only the token-embedding rows the captions use gives the
 weights that training the whole 49,408-row table gives, bit for bit."""
+import contextlib
+
 import numpy as np
+import pytest
 import torch
 
 from conftest import TINY_MODEL
 from rvpt import models
 from rvpt.images import to_unit_tensor
 from rvpt.resume import Checkpointing
+from rvpt.token_rows import UsedRows, caption_ids
 from rvpt.train import ClipTrainConfig, _train, train_clip
 from rvpt.world import GlyphWorld
 
@@ -63,3 +67,34 @@ def test_a_frozen_tower_keeps_every_weight_and_the_other_tower_trains():
         assert any(fixed(name) for name in start) and all(name in moved for name in start
                                                           if not fixed(name) and name.endswith("weight")
                                                           and "token_embedding" not in name), frozen
+
+
+def test_adamw_on_the_used_rows_with_their_weight_decay_replayed_equals_the_whole_table():
+    captions = ["a photo of a zero", "the glyph one tilted left with a small two", "two"]
+    tokenize, lrs = models.tokenizer(TINY_MODEL), [0.02, 0.005, 0.01, 0.001]
+
+    def trained(used: bool):
+        model = models.build(TINY_MODEL, seed=0)
+        rows = UsedRows(model, caption_ids(tokenize, captions)) if used else contextlib.nullcontext()
+        with rows:
+            optimizer = torch.optim.AdamW(model.parameters(), weight_decay=0.1)
+            for lr in lrs:
+                optimizer.param_groups[0]["lr"] = lr
+                tokens = rows.renumber(tokenize(captions)) if used else tokenize(captions)
+                optimizer.zero_grad(set_to_none=True)
+                model.encode_text(tokens).square().mean().backward()
+                optimizer.step()
+            if used:
+                rows.decays = [1 - lr * 0.1 for lr in lrs]
+        return model.state_dict()
+
+    whole, used = trained(False), trained(True)
+    assert all(torch.equal(whole[name], used[name]) for name in whole)
+    assert not torch.equal(whole["token_embedding.weight"], models.build(TINY_MODEL, seed=0).token_embedding.weight)
+
+
+def test_a_token_outside_the_kept_rows_is_refused():
+    model = models.build(TINY_MODEL, seed=0)
+    tokenize = models.tokenizer(TINY_MODEL)
+    with UsedRows(model, caption_ids(tokenize, ["a zero"])) as rows, pytest.raises(ValueError, match="outside"):
+        rows.renumber(tokenize(["a seven"]))

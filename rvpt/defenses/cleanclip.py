@@ -17,8 +17,9 @@ from open_clip.loss import ClipLoss
 from rvpt.defenses.augment import drop_and_swap_words, shift_and_jitter
 from rvpt.defenses.base import ZeroShot, freeze, load_whole_model, save_whole_model
 from rvpt import compute
-from rvpt.defenses.loop import DefenderData, Schedule, descend, steps
+from rvpt.defenses.loop import DefenderData, Schedule, descend, step_lrs, steps
 from rvpt.images import normalize
+from rvpt.token_rows import UsedRows, caption_ids
 from rvpt.zeroshot import unit
 
 
@@ -49,32 +50,54 @@ def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str =
     freeze(tuned)
     tuned.requires_grad_(True)
     tuned.logit_scale.requires_grad_(False)
-    optimizer = torch.optim.AdamW([p for p in tuned.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
     contrastive = ClipLoss()
     generator = torch.Generator().manual_seed(cfg.seed)
     history = {"loss": [], "multimodal": [], "self_supervised": []}
-    for rows, share in steps(optimizer, len(images), cfg, desc, history, (generator,)):
-        if len(rows) < 2 and compute.world_size() == 1:  # under torchrun every process takes every step
-            continue
-        texts = [captions[i] for i in rows.tolist()]
-        batch = unit(images[rows], device)
-        with cfg.placement.autocast():
-            image = tuned.encode_image(normalize(batch), normalize=True).float()
-            image_aug = tuned.encode_image(normalize(shift_and_jitter(batch, generator)), normalize=True).float()
-            text = tuned.encode_text(tokenize(texts).to(device), normalize=True).float()
-            text_aug = tuned.encode_text(tokenize([drop_and_swap_words(t, rng) for t in texts]).to(device),
-                                         normalize=True).float()
-        scale = tuned.logit_scale.exp()
-        multimodal = contrastive(image, text, scale)
-        self_supervised = contrastive(image, image_aug, scale) + contrastive(text, text_aug, scale)
-        loss = multimodal + cfg.ssl_weight * self_supervised
-        descend(optimizer, loss, share)
-        history["loss"].append(loss.item())
-        history["multimodal"].append(multimodal.item())
-        history["self_supervised"].append(self_supervised.item())
+    with UsedRows(tuned, caption_ids(tokenize, captions)) as used:
+        optimizer = torch.optim.AdamW([p for p in tuned.parameters() if p.requires_grad], lr=cfg.lr,
+                                      weight_decay=cfg.weight_decay)
+        for rows, share in steps(optimizer, len(images), cfg, desc, history, (generator, Drawn(rng))):
+            if not taken(rows):
+                continue
+            texts = [captions[i] for i in rows.tolist()]
+            batch = unit(images[rows], device)
+            with cfg.placement.autocast():
+                image = tuned.encode_image(normalize(batch), normalize=True).float()
+                image_aug = tuned.encode_image(normalize(shift_and_jitter(batch, generator)), normalize=True).float()
+                text = tuned.encode_text(used.renumber(tokenize(texts)).to(device), normalize=True).float()
+                augmented = tokenize([drop_and_swap_words(t, rng) for t in texts])
+                text_aug = tuned.encode_text(used.renumber(augmented).to(device), normalize=True).float()
+            scale = tuned.logit_scale.exp()
+            multimodal = contrastive(image, text, scale)
+            self_supervised = contrastive(image, image_aug, scale) + contrastive(text, text_aug, scale)
+            loss = multimodal + cfg.ssl_weight * self_supervised
+            descend(optimizer, loss, share)
+            history["loss"].append(loss.item())
+            history["multimodal"].append(multimodal.item())
+            history["self_supervised"].append(self_supervised.item())
+        # Every step taken, resumed ones too, decayed the rows the captions never use.
+        used.decays = [1 - lr * cfg.weight_decay for lr, rows in step_lrs(len(images), cfg) if taken(rows)]
     freeze(tuned)
     return ZeroShot(tuned, tokenize, templates), history
+
+
+class Drawn:
+    """The caption augmentation's numpy generator, saved and restored with a training state as
+    torch's generators are, so a resumed run drops and swaps the same words."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def get_state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+
+def taken(rows: torch.Tensor) -> bool:
+    """Whether a step with these rows trains: under torchrun every process takes every step."""
+    return len(rows) >= 2 or compute.world_size() > 1
 
 
 def trained(defended: ZeroShot) -> dict[str, torch.Tensor]:

@@ -87,6 +87,9 @@ class TrainingState:
         saved = self.checkpointing.load() if self.checkpointing else None
         if saved is None:
             return 0
+        if not same_layout(saved, trained_tensors(self.optimizer), self.generators):
+            self.checkpointing.resumed = 0  # a state of another layout (older code): start over, not fail
+            return 0
         with torch.no_grad():
             for tensor, value in zip(trained_tensors(self.optimizer), saved["tensors"], strict=True):
                 tensor.copy_(value)
@@ -97,9 +100,20 @@ class TrainingState:
         return saved["step"]
 
 
+def same_layout(saved: dict, tensors: list[torch.Tensor], generators) -> bool:
+    return len(saved["tensors"]) == len(tensors) and len(saved["generators"]) == len(generators) and \
+        all(a.shape == b.shape for a, b in zip(saved["tensors"], tensors))
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def step_lrs(n: int, cfg: Schedule) -> list[tuple[float, torch.Tensor]]:
+    """Each step's lr and this process's rows, as `steps` sets and yields them."""
+    plan = batch_plan(n, cfg)
+    return [(warmup_cosine(step, len(plan), cfg.lr), compute.shard(batch)[0]) for step, batch in enumerate(plan)]
 
 
 def steps(optimizer: torch.optim.Optimizer, n: int, cfg: Schedule, desc: str, history: dict,
