@@ -2,6 +2,8 @@
 
     uv run python bench/trigger_path.py [ATTACK ...]      (after `dvc repro`; default: run.attacks)
 
+In a folder without RVPT and VPT cells (a world probe's), it prints the frozen encoder's rows only.
+
 On the first `--images` test images, for each block's CLS token it prints:
 - FR cos: the cosine L_FR minimises, RVPT's CLS against the frozen encoder's on clean images;
 - offset share: the share of ||CLS_rvpt - CLS_frozen||^2 that one offset shared by every image
@@ -96,17 +98,23 @@ def main() -> None:
         target = params.data.class_names.index(params.attacks[name].target)
         encoders = {"frozen": ZeroShot(model, tokenize, params.model.templates)}
         for defense in ("rvpt", "vpt"):
-            encoders[defense] = KINDS["prompt"].load(model, paths.defended(name, defense), tokenize,
-                                                     params.model.templates)
+            if paths.defended(name, defense).is_dir():  # a world probe's folder has none
+                encoders[defense] = KINDS["prompt"].load(model, paths.defended(name, defense), tokenize,
+                                                         params.model.templates)
         clean_in, triggered_in = normalize(images), normalize(attack.apply(images, index))
         clean = {key: e.block_cls(clean_in) for key, e in encoders.items()}
         pull = {key: target_pull(clean[key], e.block_cls(triggered_in), labels, target)
                 for key, e in encoders.items()}
+        print(f"\n{name} ({len(images)} test images; target {params.attacks[name].target})\n")
+        if len(encoders) < 3:
+            print("| block | target pull frozen |\n|---|---|")
+            print("\n".join(f"| {block} | {value:+.3f} |" for block, value in enumerate(pull["frozen"].tolist())))
+            towers(clean_model, model, tokenize, params, clean_in, triggered_in, labels, target, attack.text_trigger)
+            continue
         fr = F.cosine_similarity(clean["rvpt"], clean["frozen"], dim=-1).mean(0)
         offset = clean["rvpt"] - clean["frozen"]
         energy = offset.pow(2).sum((0, 2))
         share = torch.where(energy > 0, offset.mean(0).pow(2).sum(-1) * len(offset) / energy, torch.nan)
-        print(f"\n{name} ({len(images)} test images; target {params.attacks[name].target})\n")
         print("| block | FR cos (RVPT vs frozen, clean) | offset share | target pull frozen | RVPT | VPT |")
         print("|---|---|---|---|---|---|")
         for block in range(len(fr)):
