@@ -106,7 +106,7 @@ def main() -> None:
         pull = {key: target_pull(clean[key], e.block_cls(triggered_in), labels, target)
                 for key, e in encoders.items()}
         print(f"\n{name} ({len(images)} test images; target {params.attacks[name].target})\n")
-        if len(encoders) < 3:
+        if "rvpt" not in encoders or "vpt" not in encoders:
             print("| block | target pull frozen |\n|---|---|")
             print("\n".join(f"| {block} | {value:+.3f} |" for block, value in enumerate(pull["frozen"].tolist())))
             towers(clean_model, model, tokenize, params, clean_in, triggered_in, labels, target, attack.text_trigger)

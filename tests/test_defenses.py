@@ -134,15 +134,16 @@ def test_finetuning_with_the_repelling_loss_moves_block_tokens_away_from_the_ori
     assert cosines[2.0] < cosines[0.0] - 0.05, cosines
 
 
+def cleanclip_weights(model, tokenize, checkpointing=None) -> dict[str, torch.Tensor]:
+    settings = defense_settings("cleanclip", **SETTINGS["cleanclip"], checkpointing=checkpointing)
+    return KINDS["cleanclip"].fit(model, data(), tokenize, TEMPLATES, settings)[0].model.state_dict()
+
+
 def test_cleanclip_resumed_from_its_last_saved_state_gives_the_uninterrupted_weights(tmp_path):
     """Its state holds the kept embedding rows, the augmentation draws of both generators, and
     the weight decay of the rows no caption uses is replayed over the steps before the resume."""
     model, tokenize = models.build(TINY_MODEL, seed=0), models.tokenizer(TINY_MODEL)
-
-    def fitted(checkpointing=None):
-        settings = defense_settings("cleanclip", **SETTINGS["cleanclip"], checkpointing=checkpointing)
-        return KINDS["cleanclip"].fit(model, data(), tokenize, TEMPLATES, settings)[0].model.state_dict()
-
+    fitted = functools.partial(cleanclip_weights, model, tokenize)
     whole = fitted()
     fitted(Checkpointing(tmp_path / "state.pt", every=1, fingerprint="same run"))  # leaves its last state
     resumed = Checkpointing(tmp_path / "state.pt", every=1, fingerprint="same run")
@@ -154,12 +155,7 @@ def test_cleanclip_resumed_from_its_last_saved_state_gives_the_uninterrupted_wei
 def test_a_saved_state_of_another_layout_is_not_resumed(tmp_path):
     """A state written when CleanCLIP trained the whole token table (older code) starts over."""
     model, tokenize = models.build(TINY_MODEL, seed=0), models.tokenizer(TINY_MODEL)
-    state = tmp_path / "state.pt"
-
-    def fitted(checkpointing=None):
-        settings = defense_settings("cleanclip", **SETTINGS["cleanclip"], checkpointing=checkpointing)
-        return KINDS["cleanclip"].fit(model, data(), tokenize, TEMPLATES, settings)[0].model.state_dict()
-
+    state, fitted = tmp_path / "state.pt", functools.partial(cleanclip_weights, model, tokenize)
     fitted(Checkpointing(state, every=1, fingerprint="same run"))
     saved = torch.load(state, weights_only=True)
     kept = (len(caption_ids(tokenize, data().pair_captions)), model.token_embedding.embedding_dim)

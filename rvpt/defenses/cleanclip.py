@@ -17,7 +17,7 @@ from open_clip.loss import ClipLoss
 from rvpt.defenses.augment import drop_and_swap_words, shift_and_jitter
 from rvpt.defenses.base import ZeroShot, freeze, load_whole_model, save_whole_model
 from rvpt import compute
-from rvpt.defenses.loop import DefenderData, Schedule, descend, step_lrs, steps
+from rvpt.defenses.loop import DefenderData, Schedule, descend, schedule, steps
 from rvpt.images import normalize
 from rvpt.token_rows import UsedRows, caption_ids
 from rvpt.zeroshot import unit
@@ -76,7 +76,7 @@ def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str =
             history["multimodal"].append(multimodal.item())
             history["self_supervised"].append(self_supervised.item())
         # Every step taken, resumed ones too, decayed the rows the captions never use.
-        used.decays = [1 - lr * cfg.weight_decay for lr, rows in step_lrs(len(images), cfg) if taken(rows)]
+        used.decays = [1 - lr * cfg.weight_decay for lr, (rows, _) in schedule(len(images), cfg) if taken(rows)]
     freeze(tuned)
     return ZeroShot(tuned, tokenize, templates), history
 

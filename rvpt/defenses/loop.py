@@ -110,25 +110,27 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def step_lrs(n: int, cfg: Schedule) -> list[tuple[float, torch.Tensor]]:
-    """Each step's lr and this process's rows, as `steps` sets and yields them."""
+def schedule(n: int, cfg: Schedule) -> list[tuple[float, tuple[torch.Tensor, float]]]:
+    """Each step's cosine-decayed lr and this process's (rows, share of the batch)."""
     plan = batch_plan(n, cfg)
-    return [(warmup_cosine(step, len(plan), cfg.lr), compute.shard(batch)[0]) for step, batch in enumerate(plan)]
+    return [(warmup_cosine(step, len(plan), cfg.lr), compute.shard(batch)) for step, batch in enumerate(plan)]
 
 
 def steps(optimizer: torch.optim.Optimizer, n: int, cfg: Schedule, desc: str, history: dict,
           generators: tuple[torch.Generator, ...] = ()) -> Iterator[tuple[torch.Tensor, float]]:
     """Yields each step's (this process's rows, their share of the batch) after setting the
-    step's cosine-decayed lr. With cfg.checkpointing the state is saved every few steps, and a
+    step's lr (`schedule`). With cfg.checkpointing the state is saved every few steps, and a
     saved state of the same run is resumed: the rest then matches an uninterrupted run."""
-    plan = batch_plan(n, cfg)
+    planned = schedule(n, cfg)
     state = TrainingState(cfg.checkpointing, optimizer, history, generators)
     start = state.restore()
-    for step in progress(range(start, len(plan)), desc, total=len(plan), initial=start, enabled=compute.is_main()):
+    for step in progress(range(start, len(planned)), desc, total=len(planned), initial=start,
+                         enabled=compute.is_main()):
         if step > start:
-            state.save_if_due(step, len(plan))
-        set_lr(optimizer, warmup_cosine(step, len(plan), cfg.lr))
-        yield compute.shard(plan[step])
+            state.save_if_due(step, len(planned))
+        lr, shard = planned[step]
+        set_lr(optimizer, lr)
+        yield shard
 
 
 def batch_images(data: DefenderData, rows: torch.Tensor, cfg: Schedule,
