@@ -2,13 +2,14 @@
 model.config), training the whole 49,408-row token embedding against training only the rows the
 captions use (what rvpt.train.train_clip does), and whether the two give the same weights.
 
-    uv run python bench/pretrain_step.py [--steps 40] [--repeats 3] [--vocabulary 300] [--compile]
+    uv run python bench/pretrain_step.py [--steps 40] [--repeats 3] [--vocabulary 300] [--threads N] [--compile]
 
 The captions draw their tokens from `--vocabulary` distinct ids (the default world's corpus uses
 a few dozen). Milliseconds per step are the median over `--repeats` runs of `--steps` steps after
-5 warm-up steps, on `threads` CPU threads (params.yaml), fp32. `--compile` adds a row for the used
-rows under torch.compile (`compute.compile: true`), whose numerics are not eager's, and the
-seconds its first step takes (the compilation, with the process's cache cold).
+5 warm-up steps, on `threads` CPU threads (params.yaml; `--threads` overrides it), fp32.
+`--compile` adds a row for the used rows under torch.compile (`compute.compile: true`), whose
+numerics are not eager's, and the seconds its first step takes (the compilation, with the
+process's cache cold).
 """
 from __future__ import annotations
 
@@ -39,10 +40,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vocabulary", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    torch.set_num_threads(params["threads"])
+    threads = args.threads or params["threads"]
+    torch.set_num_threads(threads)
     config, batch = params["model"]["config"], params["pretrain"]["clean"]["batch_size"]
     side, context = config["vision_cfg"]["image_size"], config["text_cfg"]["context_length"]
     n = batch * (args.steps + 5)
@@ -66,7 +69,7 @@ def main() -> None:
     same = all(torch.equal(a, b) for a, b in zip(results["whole table"][1].state_dict().values(),
                                                    results["used rows only"][1].state_dict().values()))
     print(f"model {sum(p.numel() for p in base.parameters()):,} parameters, "
-          f"token embedding {base.token_embedding.weight.numel():,}; batch {batch}, {params['threads']} threads")
+          f"token embedding {base.token_embedding.weight.numel():,}; batch {batch}, {threads} threads")
     print("| training | ms/step |\n|---|---|")
     for name, (ms, _) in results.items():
         print(f"| {name} | {ms:.1f} |")
