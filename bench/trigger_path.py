@@ -81,6 +81,20 @@ def towers(clean_model, backdoored, tokenize, params, clean_in, triggered_in, la
           f"cosine {F.cosine_similarity(shift, target_direction, 0):.3f} with the target's text direction")
 
 
+def prompted_rows(clean: dict[str, torch.Tensor], pull: dict[str, torch.Tensor]) -> None:
+    """Per block: FR cos, offset share and the target pull of the frozen, RVPT and VPT encoders."""
+    fr = F.cosine_similarity(clean["rvpt"], clean["frozen"], dim=-1).mean(0)
+    offset = clean["rvpt"] - clean["frozen"]
+    energy = offset.pow(2).sum((0, 2))
+    share = torch.where(energy > 0, offset.mean(0).pow(2).sum(-1) * len(offset) / energy, torch.nan)
+    print("| block | FR cos (RVPT vs frozen, clean) | offset share | target pull frozen | RVPT | VPT |")
+    print("|---|---|---|---|---|---|")
+    for block in range(len(fr)):
+        moved = "-" if share[block].isnan() else f"{share[block]:.3f}"  # unprompted block: no offset
+        print(f"| {block} | {fr[block]:.3f} | {moved} | {pull['frozen'][block]:+.3f} | "
+              f"{pull['rvpt'][block]:+.3f} | {pull['vpt'][block]:+.3f} |")
+
+
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -106,21 +120,11 @@ def main() -> None:
         pull = {key: target_pull(clean[key], e.block_cls(triggered_in), labels, target)
                 for key, e in encoders.items()}
         print(f"\n{name} ({len(images)} test images; target {params.attacks[name].target})\n")
-        if "rvpt" not in encoders or "vpt" not in encoders:
+        if "rvpt" in encoders and "vpt" in encoders:
+            prompted_rows(clean, pull)
+        else:
             print("| block | target pull frozen |\n|---|---|")
             print("\n".join(f"| {block} | {value:+.3f} |" for block, value in enumerate(pull["frozen"].tolist())))
-            towers(clean_model, model, tokenize, params, clean_in, triggered_in, labels, target, attack.text_trigger)
-            continue
-        fr = F.cosine_similarity(clean["rvpt"], clean["frozen"], dim=-1).mean(0)
-        offset = clean["rvpt"] - clean["frozen"]
-        energy = offset.pow(2).sum((0, 2))
-        share = torch.where(energy > 0, offset.mean(0).pow(2).sum(-1) * len(offset) / energy, torch.nan)
-        print("| block | FR cos (RVPT vs frozen, clean) | offset share | target pull frozen | RVPT | VPT |")
-        print("|---|---|---|---|---|---|")
-        for block in range(len(fr)):
-            moved = "-" if share[block].isnan() else f"{share[block]:.3f}"  # unprompted block: no offset
-            print(f"| {block} | {fr[block]:.3f} | {moved} | {pull['frozen'][block]:+.3f} | "
-                  f"{pull['rvpt'][block]:+.3f} | {pull['vpt'][block]:+.3f} |")
         towers(clean_model, model, tokenize, params, clean_in, triggered_in, labels, target, attack.text_trigger)
 
 
