@@ -16,6 +16,7 @@ Run it alone: two torch jobs on 2 cores slow each other down 10x.
 """
 from __future__ import annotations
 
+import copy
 import os
 import re
 import statistics
@@ -71,7 +72,7 @@ def probe(root: Path, base: dict, poisonings: tuple[str, ...], defenses: list[st
     for spec in poisonings:
         attack, rate, lr, *steps = spec.split(":")
         poisoned = {"lr": float(lr), **({"steps": int(steps[0])} if steps else {})}
-        params = merge(yaml.safe_load(yaml.safe_dump(base)),
+        params = merge(copy.deepcopy(base),
                        {"attacks": {attack: {"rate": float(rate)}}, "pretrain": {"poisoned": poisoned}})
         stage(root, params, "poison", "--attack", attack)
         stage(root, params, "pretrain", "--attack", attack)
@@ -98,7 +99,7 @@ def main(scratch: str, world: str, *poisonings: str) -> None:
     runs = []
     for seed in seeds:
         print(f"\nworld seed {seed}", flush=True)
-        runs.append(probe(Path(scratch) / f"seed-{seed}", merge(yaml.safe_load(yaml.safe_dump(base)), {"seed": seed}),
+        runs.append(probe(Path(scratch) / f"seed-{seed}", merge(copy.deepcopy(base), {"seed": seed}),
                           poisonings, defenses))
     if len(seeds) < 2:
         return
