@@ -14,6 +14,7 @@ import torch
 
 from pipeline import paths
 from pipeline.outputs import atomic_dir, check_writable, write_text  # noqa: F401 (the stages' one import)
+from rvpt import files
 from rvpt.errors import BadInput
 from rvpt.images import decode_many
 
@@ -51,11 +52,8 @@ def write_json(path: str | Path, payload) -> None:
 
 
 def read_json(path: str | Path, made_by: str):
-    path = require(path, made_by)
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise BadInput(f"{path}: not valid JSON ({error})") from None
+    """An upstream JSON output: a regular file of bounded size and nesting (rvpt.files)."""
+    return files.read_json(require(path, made_by))
 
 
 def write_table(path: str | Path, columns: dict, extra: dict | None = None) -> None:

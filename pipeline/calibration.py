@@ -11,6 +11,9 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import artifacts
+from rvpt.errors import BadInput
+
 PAPER_CELLS = Path(__file__).with_name("paper_cells.csv")
 REMOVED_BELOW = 0.15   # ASR under this: the defense removed the backdoor
 SURVIVES_ABOVE = 0.75  # ASR over this: the backdoor survived
@@ -51,6 +54,15 @@ class Comparison:
     @property
     def matches(self) -> bool | None:
         return None if self.ours is None else self.ours == self.paper
+
+
+def read_rows(summary: Path) -> list[dict]:
+    """The rows of a summary.json (`rvpt stage evaluate` writes it), refused in one line if it is none."""
+    document = artifacts.read_json(summary, "rvpt stage evaluate")
+    rows = document.get("rows") if isinstance(document, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise BadInput(f"{summary}: not a summary.json (it needs a list of rows)")
+    return rows
 
 
 def paper_cells(path: Path = PAPER_CELLS) -> list[PaperCell]:

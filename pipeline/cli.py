@@ -11,7 +11,8 @@ from typing import Optional
 
 import typer
 
-from pipeline.command import ARGV, PARAMS, bounded, execute, fail, plain, preflight, selected
+from pipeline.command import (ARGV, CACHE, CLASSNAMES, CONFIG, DATA_SHA256, PARAMS, SHA256, bounded, execute, fail, plain,
+                              preflight, selected)
 from rvpt.errors import BadInput
 
 app = typer.Typer(help="Backdoor CLIP on purpose, defend it with RVPT, and measure both.\n\n"
@@ -40,6 +41,14 @@ def show_version(value: bool) -> None:
 def options(version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
                                          help="Print rvpt's version and exit.")):
     pass
+
+
+@stage_app.command()
+def check(params: Path = PARAMS):
+    """Check params.yaml whole (names, types, sizes) before DVC runs or deletes anything for a later stage."""
+    from pipeline.stages import check as stage
+
+    execute("check", params, {}, stage.run, tracked=False)
 
 
 @stage_app.command()
@@ -187,25 +196,12 @@ def report(params: Path = PARAMS):
 def calibrate(summary: Path = typer.Option(Path("results/summary.json"), help="Matrix to compare (rvpt stage evaluate "
                                                                              "writes it).")):
     """Print every paper cell's ASR category (removed / partial / survives) beside ours, and the share that match."""
-    from pipeline import artifacts, calibration
+    from pipeline import calibration
 
     try:
-        document = artifacts.read_json(summary, "rvpt stage evaluate")
+        typer.echo(calibration.markdown(calibration.compare(calibration.read_rows(summary), calibration.paper_cells())))
     except BadInput as error:
         fail(str(error))
-    rows = document.get("rows") if isinstance(document, dict) else None
-    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-        fail(f"{summary}: not a summary.json (it needs a list of rows)")
-    typer.echo(calibration.markdown(calibration.compare(rows, calibration.paper_cells())))
-
-
-# Options `rvpt defend` and `rvpt scan` share: the model and data a user brings, read the same way.
-CONFIG = typer.Option(None, help="For a weights file: open_clip model name or config JSON.")
-SHA256 = typer.Option(None, help="Expected sha256 of --model (required for a URL).")
-DATA_SHA256 = typer.Option(None, help="Expected sha256 of --data (required for a URL).")
-CLASSNAMES = typer.Option(None, help="Class names, one per line, in sorted folder order (default: folder names, "
-                                     "_ as space).")
-CACHE = typer.Option(Path.home() / ".cache" / "rvpt", help="Where downloads and extracted archives go.")
 
 
 @app.command()
@@ -253,10 +249,12 @@ def scan(model: str = typer.Option(..., help="Untrusted model, as for `rvpt defe
 
 
 from pipeline.cli_profile import profile_app  # noqa: E402  (the commands above come first in --help)
+from pipeline.cli_repro import CONTEXT, repro  # noqa: E402
 from pipeline.cli_ui import ui  # noqa: E402
 
 app.add_typer(profile_app, name="profile")
 app.command()(ui)
+app.command(context_settings=CONTEXT)(repro)
 
 
 def invoke(argv: list[str] | None = None) -> int:

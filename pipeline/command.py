@@ -4,16 +4,26 @@ stderr and exit code 2."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import typer
+from safetensors import SafetensorError
 
 from rvpt.errors import BadInput
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="Params file to read.")
+# Options `rvpt defend` and `rvpt scan` share: the model and data a user brings, read the same way.
+CONFIG = typer.Option(None, help="For a weights file: open_clip model name or config JSON.")
+SHA256 = typer.Option(None, help="Expected sha256 of --model (required for a URL).")
+DATA_SHA256 = typer.Option(None, help="Expected sha256 of --data (required for a URL).")
+CLASSNAMES = typer.Option(None, help="Class names, one per line, in sorted folder order (default: folder names, "
+                                     "_ as space).")
+CACHE = typer.Option(Path.home() / ".cache" / "rvpt", help="Where downloads and extracted archives go.")
 
 
 def one_line(message: str) -> str:
@@ -93,6 +103,33 @@ def execute(name: str, params_path: Path, overrides: dict, work: Callable, label
                 started = time.perf_counter()
     except BadInput as error:
         fail(str(error))
+    except (OSError, SafetensorError) as error:
+        refused = storage_refusal(error)
+        if refused is None:
+            raise
+        fail(refused)
+
+
+# What the disk or the file system can refuse a write with: the user's to fix (free space, grant
+# the right), so one line rather than a traceback. The run was marked FAILED and its temporaries removed.
+STORAGE = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "over the disk quota",
+           errno.EFBIG: "a file grew past the size limit", errno.EROFS: "the file system is read-only",
+           errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
+
+
+def storage_refusal(error: Exception) -> str | None:
+    """One line for a write the storage refused, or None for any other error (a bug: its traceback shows)."""
+    if isinstance(error, OSError):
+        if error.errno not in STORAGE:
+            return None
+        where = error.filename or "an output"
+        return f"{where}: {STORAGE[error.errno]}; free the space or grant the right, then rerun (training resumes)"
+    found = re.search(r"os error (\d+)|code: (\d+)", str(error))  # safetensors names the OS error in its text
+    code = int(found.group(1) or found.group(2)) if found else None
+    if code in STORAGE:
+        return f"writing a safetensors file: {STORAGE[code]}; free the space or grant the right, then rerun " \
+               f"(training resumes)"
+    return None
 
 
 def preflight(needs) -> None:

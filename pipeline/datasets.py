@@ -107,9 +107,10 @@ class Checked:
             artifacts.warn(f"{self.where}: scaled {self.scaled} 16-bit or float images to 8 bits")
 
 
-def local(spec, cache: Path, timeout: float) -> Path:
-    """The spec's path as a local folder: URLs downloaded and archives extracted, both sha256-checked."""
-    return sources.materialise(spec.path, cache, spec.sha256, timeout)
+def local(spec, cache: Path, timeout: float, limits) -> Path:
+    """The spec's path as a local folder: URLs downloaded and archives extracted (within `limits`,
+    data.archive), both sha256-checked."""
+    return sources.materialise(spec.path, cache, spec.sha256, timeout, limits)
 
 
 def class_files(root: Path, split: str | None, folders: list[str]) -> list[list[Path]]:

@@ -21,7 +21,7 @@ from pipeline.params import Params
 from pipeline.params_data import check_names
 from pipeline.scanning import scanning
 from pipeline.tracking import Unlogged
-from rvpt import checkpoint, compute, metrics, models, scan
+from rvpt import checkpoint, compute, files, metrics, models, scan
 from rvpt.defenses import DefenderData, ZeroShot
 from rvpt.errors import BadInput
 from rvpt.images import decode_many
@@ -33,11 +33,8 @@ def model_config(config: str | None, weights: Path) -> dict:
     if config is None:
         raise BadInput(f"{weights}: a weights file needs --config (an open_clip model name or config JSON)")
     path = Path(config)
-    if path.is_file():
-        try:
-            loaded = json.loads(read_small_text(path))
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
-            raise BadInput(f"{path}: not valid JSON ({error})") from None
+    if path.exists():
+        loaded = files.read_json(path, CONFIG_LIMIT, "--config ")
         loaded = loaded.get("model_cfg", loaded) if isinstance(loaded, dict) else loaded
         if not isinstance(loaded, dict):
             raise BadInput(f"{path}: not an open_clip model config")
@@ -48,13 +45,18 @@ def model_config(config: str | None, weights: Path) -> dict:
     return named
 
 
-def load_model(source: str, config: str | None, sha256: str | None, cache: Path, timeout: float):
-    path = sources.materialise(source, cache, sha256, timeout)
-    if path.is_dir():
-        model, model_cfg = models.load(path)
-        return model, model_cfg, checkpoint.find_weights(path)
-    model_cfg = model_config(config, path)
-    return models.from_weights(model_cfg, path, config), model_cfg, path
+CONFIG_LIMIT = 1 << 20  # an open_clip config is a few KB
+
+
+def load_model(source: str, config: str | None, sha256: str | None, cache: Path, timeout: float, limits):
+    """(model, its config, its weights file) from a local-dir folder, a weights file, an archive of
+    either or a URL; an archive extracted for a model that is then refused is removed again."""
+    with sources.fetched(source, cache, sha256, timeout, limits) as path:
+        if path.is_dir():
+            model, model_cfg = models.load(path)
+            return model, model_cfg, checkpoint.find_weights(path)
+        model_cfg = model_config(config, path)
+        return models.from_weights(model_cfg, path, config), model_cfg, path
 
 
 def read_folder(root: Path, holdout: float, seed: int, size: int, data):
@@ -92,14 +94,24 @@ def read_folder(root: Path, holdout: float, seed: int, size: int, data):
     return classes, (images[~held], labels[~held]), (images[held], labels[held]), len(decoded.skipped)
 
 
+def brought_images(params: Params, source: str, sha256: str | None, cache: Path, model):
+    """`read_folder` on the images a user brings (a folder, an archive or a URL), at the model's
+    input size; an archive extracted for images that are then refused is removed again."""
+    with sources.fetched(source, cache, sha256, params.defend.download_timeout_s, params.data.archive) as root:
+        return read_folder(root, params.defend.holdout, params.seed, input_size(model), params.data)
+
+
+def input_size(model) -> int:
+    size = model.visual.image_size  # open_clip's towers keep it as (height, width)
+    return size if isinstance(size, int) else size[0]
+
+
 def class_names(classes: list[str], names_file: Path | None) -> list[str]:
     if names_file is None:
         names, where = [name.replace("_", " ") for name in classes], "class folders"
     else:
-        try:
-            names = [line.strip() for line in read_small_text(names_file).splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as error:
-            raise BadInput(f"{names_file}: unreadable ({error})") from None
+        names = [line.strip() for line in files.read_text(names_file, 1 << 20, "--classnames ").splitlines()
+                 if line.strip()]
         if len(names) != len(classes):
             raise BadInput(f"{names_file}: {len(names)} names for {len(classes)} class folders (one per line, "
                            f"in sorted folder order)")
@@ -109,13 +121,6 @@ def class_names(classes: list[str], names_file: Path | None) -> list[str]:
     except ValueError as error:
         raise BadInput(str(error)) from None
     return names
-
-
-def read_small_text(path: Path, limit: int = 1 << 20) -> str:
-    """A small text file the user names; a huge file or a device is refused rather than read."""
-    if not path.is_file() or path.stat().st_size > limit:
-        raise OSError(f"not a regular file of at most {limit:,} bytes")
-    return path.read_text()
 
 
 def run(params: Params, model_source: str, data_source: str, out: Path, config: str | None,
@@ -133,15 +138,13 @@ def run(params: Params, model_source: str, data_source: str, out: Path, config: 
     if track:
         tracking.check_reachable(params.tracking.timeout_s)
     timeout = params.defend.download_timeout_s
-    model, model_cfg, weights = load_model(model_source, config, model_sha256, cache, timeout)
+    model, model_cfg, weights = load_model(model_source, config, model_sha256, cache, timeout, params.data.archive)
     depth = models.vision_depth(model)
     if spec.kind == "prompt" and (depth is None or spec.first_block >= depth):
         raise BadInput(f"defenses.{params.defend.defense}.first_block: {spec.first_block} needs a ViT image tower "
                        f"deeper than that; {model_source} has {depth or 'no ViT'} blocks")
-    root = sources.materialise(data_source, cache, data_sha256, timeout)
-    size = model.visual.image_size  # open_clip's towers keep it as (height, width)
-    classes, (train_images, train_labels), (test_images, test_labels), skipped = read_folder(
-        root, params.defend.holdout, params.seed, size if isinstance(size, int) else size[0], params.data)
+    classes, (train_images, train_labels), (test_images, test_labels), skipped = brought_images(
+        params, data_source, data_sha256, cache, model)
     names = class_names(classes, names_file)
 
     tokenize = models.tokenizer(model_cfg)
@@ -188,7 +191,7 @@ def run(params: Params, model_source: str, data_source: str, out: Path, config: 
             if report.get(key) is not None:
                 log.metric(key, report[key])
         log.model(backbone=out, defense=out, kind=spec.kind, classes=names, templates=templates,
-                  image_size=size if isinstance(size, int) else size[0],
+                  image_size=input_size(model),
                   registered_name=f"rvpt-defend-{params.defend.defense}")
     shown = "n/a" if after is None else f"{after:.3f}"
     return (f"wrote {out}: CA before {before:.3f}, after {shown} on {len(test_labels)} held-out images of "

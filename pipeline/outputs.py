@@ -95,6 +95,7 @@ def atomic_dir(path: str | Path):
     A stage killed midway therefore never leaves a half-written output under the final name.
     """
     path = checked_target(path)
+    made = missing_parents(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = owned_temporary(path)
     try:
@@ -108,8 +109,21 @@ def atomic_dir(path: str | Path):
         if previous is not None:
             shutil.rmtree(previous)
     finally:
-        if temporary.exists():
+        if temporary.exists():  # the block failed: nothing of it stays, not even the folders made for it
             shutil.rmtree(temporary)
+            remove_empty(made)
+
+
+def missing_parents(path: Path) -> list[Path]:
+    """The folders above `path` that do not exist yet, outermost first."""
+    return [parent for parent in reversed(path.parents) if not parent.exists()]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Removes these folders, innermost first, where they are empty (another run may have filled one)."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def write_text(path: str | Path, text: str) -> None:

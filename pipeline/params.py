@@ -136,6 +136,16 @@ class Run(Strict):
     attacks: list[str] = Field(min_length=1, max_length=MAX_NAMES)
     defenses: list[str] = Field(min_length=1, max_length=MAX_NAMES)
 
+    @field_validator("attacks", "defenses")
+    @classmethod
+    def _once_each(cls, names: list[str], info) -> list[str]:
+        for name in names:  # these become DVC stage names, shell commands and folders
+            check_name(name, info.field_name[:-1])
+        repeated = next((name for i, name in enumerate(names) if name in names[:i]), None)
+        if repeated is not None:
+            raise ValueError(f"{shown(repeated)} is listed twice")
+        return names
+
 
 class Tracking(Strict):
     experiment: str = Field(min_length=1, max_length=MAX_TEXT)

@@ -3,6 +3,7 @@ the triggers an attacker trains first, that training's settings."""
 from __future__ import annotations
 
 import math
+import typing
 from typing import Any
 
 from pydantic import Field, PrivateAttr, model_validator
@@ -38,9 +39,20 @@ class Attack(Strict):
         if (self.kind in TRAINED_TRIGGERS) != (self.optimise is not None):
             raise ValueError(f"`optimise` is required for kinds {' and '.join(TRAINED_TRIGGERS)} and allowed only "
                              f"there")
+        hints = typing.get_type_hints(ATTACKS[self.kind].__init__)
         for key, value in self.options.items():
             if not isinstance(value, (str, int, float, bool)) or (isinstance(value, float) and not math.isfinite(value)):
                 raise ValueError(f"options.{key}: {shown(value)} must be a finite number, a word or a flag")
             if isinstance(value, str) and len(value) > MAX_TEXT:
                 raise ValueError(f"options.{key}: longer than {MAX_TEXT} characters")
+            expected = hints.get(key)
+            if expected in STRICT and not STRICT[expected](value):
+                raise ValueError(f"options.{key}: {shown(value)} is not a {expected.__name__}")
         return self
+
+
+# The option types a trigger's constructor declares, checked as strictly as every other param: a
+# flag is not a number, and a quoted number is not a number.
+STRICT = {bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}

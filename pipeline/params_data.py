@@ -21,8 +21,9 @@ MAX_COUNT = 10 ** 9   # rows of a corpus or a split
 
 
 class Strict(BaseModel):
-    # allow_inf_nan: an inf or NaN in any float is refused, here and in every section.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # strict: a value must already have its field's type, so `epochs: true` is not 1 and `lr: '0.1'`
+    # is not a number (an int is still a float). allow_inf_nan: no inf or NaN in any float.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 def check_templates(templates: list[str], where: str) -> None:
@@ -139,6 +140,15 @@ class Shift(Strict):
     noise: float | None = Field(ge=0, le=1)
 
 
+class ArchiveLimits(Strict):
+    """What one archive (data.files, `rvpt defend` or `rvpt scan` input) may unpack to; past any
+    limit it is refused whole, before the member that crosses it is written."""
+    max_members: int = Field(gt=0, le=10 ** 9)
+    max_gib: float = Field(gt=0, le=2 ** 20)          # bytes unpacked, all members together
+    max_member_gib: float = Field(gt=0, le=2 ** 20)   # bytes unpacked, one member
+    max_ratio: float = Field(ge=1, le=10 ** 6)        # bytes unpacked per byte of the archive
+
+
 class Data(Strict):
     source: Literal["glyphs", "files"] = "glyphs"
     classes: list[str] | dict[str, str] = Field(min_length=2, max_length=MAX_CLASSES)
@@ -161,6 +171,7 @@ class Data(Strict):
     max_image_pixels: int = Field(gt=0, le=2 ** 31)
     preload_max_gib: float = Field(ge=0, le=2 ** 20)
     download_timeout_s: float = Field(gt=0, le=86_400)
+    archive: ArchiveLimits
 
     @model_validator(mode="after")
     def _disjoint_tasks(self):

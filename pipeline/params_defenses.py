@@ -21,7 +21,7 @@ MAX_WEIGHT = 1000.0   # loss weights and decays
 class CropFlip(Strict):
     """Random-resized crops covering a share of the image's area in `scale`, then a flip with
     probability 1/2 (torchvision's RandomResizedCrop + RandomHorizontalFlip)."""
-    scale: tuple[float, float]
+    scale: list[float] = Field(min_length=2, max_length=2)
 
     @model_validator(mode="after")
     def _ordered(self):

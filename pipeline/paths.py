@@ -20,6 +20,7 @@ def check_name(name: object, what: str) -> str:
         raise BadInput(f"{what} {name!r} is reserved ({', '.join(sorted(RESERVED))})")
     return name
 
+CHECKED = Path("data/params.checked")  # written by `rvpt stage check`; every stage depends on it
 CLEAN = Path("data/clean")
 CORPUS = CLEAN / "corpus"
 DOWNSTREAM = CLEAN / "downstream"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import artifacts, params as params_module
+from pipeline import artifacts, params_file, params as params_module
 from rvpt.errors import BadInput
 
 PROFILES = Path(__file__).resolve().parents[1] / "profiles"
@@ -73,7 +73,7 @@ def write(name: str, params_path: Path, filled) -> str:
     if not profile.is_file():
         known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
         raise BadInput(f"profile {name!r}: not found (known: {known})")
-    base = yaml.safe_load(artifacts.require(params_path, "the repository").read_text())
+    base = params_file.read(params_path)
     fill, notes = filled
     merged = fill(merge(base, yaml.safe_load(profile.read_text())))
     # Every attack takes the profile's shared `target`: an attack's own one names a class of the old data.

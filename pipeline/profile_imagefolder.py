@@ -15,6 +15,7 @@ from pathlib import Path
 from pipeline import sources
 from pipeline.profile import folder_classes, merge
 from rvpt import models
+from rvpt import pretrained as pretrained_weights
 from rvpt.errors import BadInput
 
 MAX_SPLIT = 100         # downstream train / val images per class: enough for 16 shots and for choosing settings
@@ -53,6 +54,16 @@ def scaled_sizes(attacks: dict, old: tuple[int, int | None], new: tuple[int, int
             options["size"] = round(options["size"] * old_side / old_patch * new_patch / new_side, 4)
 
 
+def check_weights(model_name: str, pretrained: str) -> None:
+    """Local weights are read now, as the pipeline will read them (never unpickled), so that a file
+    that is not the model's weights is refused here rather than by every stage later. An open_clip
+    tag is resolved when `pretrain --clean` takes it, where it may be placed in the cache later."""
+    config = models.named_config(model_name)
+    if config is None:
+        raise BadInput(f"--model {model_name!r}: not an open_clip model (see open_clip.list_models())")
+    models.from_weights(config, pretrained_weights.weights_file(model_name, pretrained), f"--model {model_name}")
+
+
 def fill(root: Path, corpus: Path | None, model_name: str | None, pretrained: str | None, target: str | None,
          attacks: list[str] | None, defenses: list[str] | None):
     """The function that turns the merged params into the user's: checked against the tree first."""
@@ -72,6 +83,8 @@ def fill(root: Path, corpus: Path | None, model_name: str | None, pretrained: st
         raise BadInput(f"--target {target!r}: not a class folder of {train}")
     if pretrained is not None and model_name is None:
         raise BadInput("--pretrained needs --model")
+    if pretrained is not None and Path(pretrained).expanduser().exists():
+        check_weights(model_name, pretrained)
 
     notes: list[str] = []
 

@@ -7,15 +7,14 @@ linear head, a CoOp context), so the same command tells whether a defense worked
 """
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
 from pipeline import artifacts, sources
-from pipeline.defend import class_names, load_model, read_folder, read_small_text
+from pipeline.defend import brought_images, class_names, load_model
 from pipeline.params import Params
 from pipeline.scanning import scanning
-from rvpt import compute, models
+from rvpt import compute, files, models
 from rvpt.defenses import KINDS, ZeroShot
 from rvpt.errors import BadInput
 
@@ -41,10 +40,8 @@ def defended_by(folder: Path, model, model_cfg: dict, templates: list[str]):
     note = folder / "defend.json"
     if not folder.is_dir() or not note.is_file():
         return ZeroShot(model, tokenize, templates), None
-    try:
-        kind = json.loads(read_small_text(note)).get("kind")
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError, AttributeError) as error:
-        raise BadInput(f"{note}: not an `rvpt defend` report ({error})") from None
+    found = files.read_json(note, 1 << 20)
+    kind = found.get("kind") if isinstance(found, dict) else None
     if kind not in KINDS:
         raise BadInput(f"{note}: unknown defense kind {kind!r}")
     try:
@@ -59,11 +56,9 @@ def run(params: Params, model_source: str, data_source: str, out: Path, config: 
         raise BadInput(f"--out {out}: exists and is not an earlier `rvpt scan` output; it would be replaced")
     artifacts.check_writable(out, "--out")
     timeout = params.defend.download_timeout_s
-    model, model_cfg, weights = load_model(model_source, config, model_sha256, cache, timeout)
-    size = model.visual.image_size
-    root = sources.materialise(data_source, cache, data_sha256, timeout)
-    classes, (images, labels), (held_images, held_labels), skipped = read_folder(
-        root, params.defend.holdout, params.seed, size if isinstance(size, int) else size[0], params.data)
+    model, model_cfg, weights = load_model(model_source, config, model_sha256, cache, timeout, params.data.archive)
+    classes, (images, labels), (held_images, held_labels), skipped = brought_images(
+        params, data_source, data_sha256, cache, model)
     names = class_names(classes, names_file)
     defended, kind = defended_by(weights.parent, model, model_cfg, params.defend.templates)
     defended.to(compute.placement(params.compute.device, params.compute.precision).device)

@@ -8,6 +8,7 @@ any of that fails.
 from __future__ import annotations
 
 import hashlib
+import contextlib
 import os
 import shutil
 import tarfile
@@ -17,6 +18,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from pipeline.artifacts import atomic_dir, warn
+from pipeline.outputs import missing_parents, remove_empty
+from rvpt import files
 from rvpt.errors import BadInput
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
@@ -77,42 +80,77 @@ def _checked_name(name: str, archive: Path) -> None:
         raise BadInput(f"{archive}: member {name!r} would land outside the extraction folder")
 
 
-def extract(archive: Path, target: Path) -> Path:
-    """Extracts a tar or zip archive into `target` (atomically), refusing it if any member is unsafe."""
+class Budget:
+    """What an archive may unpack to (params.yaml's data.archive): members, bytes per member, bytes
+    in all, and bytes per compressed byte. A member's declared size bounds what is written for it
+    (tarfile reads exactly that many bytes, zipfile stops there), so sizes are checked from the
+    headers, before the member is written; past any limit the archive is refused whole."""
+
+    def __init__(self, archive: Path, limits, target: Path):
+        self.archive, self.limits, self.members, self.total = archive, limits, 0, 0
+        self.packed = max(1, archive.stat().st_size)
+        self.free = shutil.disk_usage(target.parent if target.parent.exists() else Path(".")).free
+
+    def add(self, name: str, size: int) -> None:
+        self.members += 1
+        self.total += size
+        limits, where = self.limits, f"{self.archive}: refused whole"
+        if self.members > limits.max_members:
+            raise BadInput(f"{where}, over {limits.max_members:,} members (data.archive.max_members)")
+        if size > limits.max_member_gib * 2 ** 30:
+            raise BadInput(f"{where}, member {name!r} unpacks to {size:,} bytes, over "
+                           f"{limits.max_member_gib:g} GiB (data.archive.max_member_gib)")
+        if self.total > limits.max_gib * 2 ** 30:
+            raise BadInput(f"{where}, over {limits.max_gib:g} GiB unpacked (data.archive.max_gib)")
+        if self.total > limits.max_ratio * self.packed:
+            raise BadInput(f"{where}, it unpacks to over {limits.max_ratio:g} times its {self.packed:,} bytes "
+                           f"(data.archive.max_ratio): a compression bomb")
+        if self.total > self.free:
+            raise BadInput(f"{where}, it unpacks to over the {self.free:,} bytes free on the disk")
+
+
+def extract(archive: Path, target: Path, limits) -> Path:
+    """Extracts a tar or zip archive into `target` (atomically), refusing it whole if any member is
+    unsafe or the archive unpacks past `limits` (data.archive); nothing of a refused archive stays."""
     try:
         with atomic_dir(target) as out:
-            _extract_into(archive, out)
-    except (tarfile.TarError, zipfile.BadZipFile, OSError) as error:
+            _extract_into(archive, out, Budget(archive, limits, target))
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as error:
         raise BadInput(f"{archive}: not a safe, readable archive ({error})") from None
     return target
 
 
-def _extract_into(archive: Path, out: Path) -> None:
+def _extract_into(archive: Path, out: Path, budget: Budget) -> None:
     if archive.name.lower().endswith(".zip"):
         with zipfile.ZipFile(archive) as handle:
-            for member in handle.infolist():
+            for member in handle.infolist():  # the central directory: every header before any byte is written
                 _checked_name(member.filename, archive)
                 if (member.external_attr >> 16) & 0o170000 == 0o120000:
                     raise BadInput(f"{archive}: member {member.filename!r} is a symbolic link")
+                budget.add(member.filename, member.file_size)
             handle.extractall(out)
         return
     with tarfile.open(archive) as handle:
-        for member in handle.getmembers():
+        # Headers are read as the stream goes, so a limit stops the archive at the member that
+        # crosses it instead of after decompressing all of it; what was written goes with the staging folder.
+        for member in handle:
             _checked_name(member.name, archive)
-            if not (member.isfile() or member.isdir()):
+            if not (member.isfile() or member.isdir()) or member.issparse():
                 raise BadInput(f"{archive}: member {member.name!r} is a link or a special file")
-        # The "data" filter re-checks all of the above inside tarfile itself.
-        handle.extractall(out, filter="data")
+            budget.add(member.name, member.size)
+            # The "data" filter re-checks all of the above inside tarfile itself.
+            handle.extract(member, out, filter="data")
 
 
-def materialise(source: str, cache: Path, sha256: str | None, timeout: float) -> Path:
-    """A local file or folder for a path or URL; archives are verified and extracted next to the cache."""
+def materialise(source: str, cache: Path, sha256: str | None, timeout: float, limits,
+                fresh: list[Path] | None = None) -> Path:
+    """A local file or folder for a path or URL; archives are verified and extracted next to the
+    cache (an extraction made now is appended to `fresh`). Anything but a folder or a regular file
+    (a device, a FIFO) is refused before a byte of it is read."""
     if is_url(source):
         path, digest = download(source, cache, sha256, timeout), sha256.lower()  # verified by download
     else:
-        path = Path(source)
-        if not path.exists():
-            raise BadInput(f"{source}: no such file or folder")
+        path = files.file_or_folder(source)
         if path.is_dir():
             if sha256:
                 raise BadInput(f"{source}: --sha256 applies to a file or URL, not a folder")
@@ -121,10 +159,31 @@ def materialise(source: str, cache: Path, sha256: str | None, timeout: float) ->
     if not is_archive(path):
         return path
     target = cache / "extracted" / digest[:16]
-    root = target if target.is_dir() else extract(path, target)
+    if not target.is_dir():
+        extract(path, target, limits)
+        if fresh is not None:
+            fresh.append(target)
+    root = target
     inside = [p for p in root.iterdir() if not p.name.startswith(".")]
     # Most archives wrap everything in one top folder; the data starts inside it.
     return inside[0] if len(inside) == 1 and inside[0].is_dir() else root
+
+
+@contextlib.contextmanager
+def fetched(source: str, cache: Path, sha256: str | None, timeout: float, limits):
+    """`materialise` for a block that reads what it gets: when the block refuses the content
+    (BadInput: no class folders, no readable image), an archive extracted for it is removed again,
+    so that a refused archive leaves nothing in the cache."""
+    fresh: list[Path] = []
+    made = missing_parents(cache / "extracted" / "x")
+    path = materialise(source, cache, sha256, timeout, limits, fresh)
+    try:
+        yield path
+    except BadInput:
+        for folder in fresh:
+            shutil.rmtree(folder, ignore_errors=True)
+        remove_empty(made)
+        raise
 
 
 def inside(path: Path, resolved_root: Path) -> bool:

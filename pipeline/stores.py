@@ -5,6 +5,8 @@ file behind (a probe file is removed again).
 """
 from __future__ import annotations
 
+import base64
+import json
 import math
 import os
 import socket
@@ -102,6 +104,8 @@ def check_reachable(uri: str, timeout_s: float, default_store: Path) -> None:
     must be reachable (or a SQLite file openable or creatable), a file store must be allowed and
     writable. MLflow's own client would retry for minutes, or fail only after the work.
     """
+    if not uri.isprintable():
+        raise BadInput(f"{ENV_URI}={shown(uri)}: holds a control character")
     scheme = urllib.parse.urlsplit(uri).scheme.lower()
     if scheme in ("http", "https"):
         check_server(uri, timeout_s, default_store)
@@ -117,14 +121,40 @@ def check_reachable(uri: str, timeout_s: float, default_store: Path) -> None:
 
 
 def check_server(uri: str, timeout_s: float, default_store: Path) -> None:
+    """The server must answer MLflow's REST API, not merely answer: a web server or a proxy that
+    is not MLflow (which may well answer /health) would take the stage's work and then fail it.
+    A lookup of an experiment that need not exist gets JSON from MLflow either way, found or not."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, math.ceil(timeout_s))))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    request = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?"
+                                     f"experiment_name=Default", headers=_credentials())
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
-            pass
-    except urllib.error.HTTPError:
-        pass  # it answered; a proxy may simply not route /health
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            status, body = response.status, response.read(1 << 16)
+    except urllib.error.HTTPError as error:  # MLflow answers a missing experiment with 404 and JSON
+        status, body = error.code, error.read(1 << 16)
     except (OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
         raise BadInput(f"MLflow tracking server {shown(uri)} did not answer within {timeout_s:g} s ({reason}); "
                        f"start it, or unset {ENV_URI} to log to {default_store}") from None
+    if status in (401, 403):
+        raise BadInput(f"MLflow tracking server {shown(uri)} refused the request (HTTP {status}); set "
+                       f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN")
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or not ({"experiment", "error_code"} & set(answer)):
+        raise BadInput(f"{ENV_URI}={shown(uri)} answers, but not as an MLflow tracking server (HTTP {status} to "
+                       f"its REST API); point it at `mlflow server`, or unset it to log to {default_store}")
+
+
+def _credentials() -> dict[str, str]:
+    """The headers MLflow's own client would send, from the same variables."""
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    return {}

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-from rvpt.errors import BadInput
+from rvpt import files
+from rvpt.errors import BadInput, shown
 
 # open_clip's own preference when it looks for weights in a local-dir folder.
 WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
@@ -33,9 +35,7 @@ def find_weights(directory: str | os.PathLike) -> Path:
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file; anything else is a one-line BadInput."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"{path}: missing")
+    path = files.regular_file(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             tensors, metadata = {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
@@ -48,17 +48,14 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
 
 def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file, without running any code stored in it."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"{path}: missing checkpoint")
+    path = files.regular_file(path, what="checkpoint ")
     if path.suffix == ".safetensors":
         state, _ = read_safetensors(path)
     elif path.suffix in PICKLE_SUFFIXES:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise BadInput(f"{path}: refused, not a weights-only checkpoint ({first})") from None
+            raise BadInput(f"{path}: refused, not a weights-only checkpoint ({refusal_reason(error)})") from None
     else:
         raise BadInput(f"{path}: unknown checkpoint type (use .safetensors, or weights-only .bin/.pt/.pth)")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -71,6 +68,17 @@ def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         for key, tensor in state.items():
             check_finite(tensor, key, path)
     return state
+
+
+def refusal_reason(error: Exception) -> str:
+    """The one phrase of torch's weights-only refusal that names what the file holds (the global it
+    would call), not torch's paragraph of advice on how to load it anyway."""
+    text = str(error)
+    found = re.search(r"Unsupported (?:global|operand)[^.\n]*?(?: GLOBAL)? ([\w.]+)", text)
+    if found:
+        return f"it would call {shown(found.group(1))}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return shown(lines[-1] if lines else type(error).__name__)
 
 
 def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path, config_path=None) -> None:

@@ -13,7 +13,7 @@ import torch
 from open_clip.model import CLIP
 from safetensors.torch import save_file
 
-from rvpt import checkpoint
+from rvpt import checkpoint, files
 from rvpt.errors import BadInput
 from rvpt.model_config import check_sizes
 from rvpt.images import MEAN, STD
@@ -49,15 +49,15 @@ def save(model: CLIP, model_cfg: dict, directory: str | os.PathLike) -> None:
 
 def read_config(directory: str | os.PathLike) -> dict:
     path = Path(directory) / CONFIG_NAME
-    try:
-        config = json.loads(path.read_text())
-        return config["model_cfg"]
-    except FileNotFoundError as error:
-        raise BadInput(f"{path}: missing model config") from error
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise BadInput(f"{path}: not an open_clip config ({error})") from error
+    if not path.exists():
+        raise BadInput(f"{path}: missing model config")
+    config = files.read_json(path, CONFIG_BYTES)
+    if not isinstance(config, dict) or not isinstance(config.get("model_cfg"), dict):
+        raise BadInput(f"{path}: not an open_clip config (no model_cfg mapping)")
+    return config["model_cfg"]
 
 
+CONFIG_BYTES = 1 << 20  # an open_clip_config.json is a few KB
 MAX_PARAMETERS = 5_000_000_000  # twice ViT-bigG; a config asking for more is refused, not allocated
 def check_config(model_cfg: dict) -> CLIP:
     """The model a config describes, built on the meta device (no memory, no values), so that a

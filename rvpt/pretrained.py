@@ -12,7 +12,7 @@ import open_clip
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.constants import HF_HUB_CACHE
 
-from rvpt import checkpoint
+from rvpt import checkpoint, files
 from rvpt.errors import BadInput
 
 HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -28,8 +28,8 @@ def weights_file(name: str, pretrained: str) -> Path:
     local = Path(pretrained).expanduser()
     if local.is_dir():
         return checkpoint.find_weights(local)
-    if local.is_file():
-        return local
+    if local.exists():  # a device or a FIFO is refused here, before anything reads it
+        return files.regular_file(local, what="model.pretrained: ")
     repo = hub_repo(name, pretrained)
     if repo is None:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"

@@ -137,3 +137,128 @@ def test_any_params_or_options_are_accepted_or_refused_cleanly(workspace, text, 
         assert len(lines) == 1 and lines[0].startswith("rvpt: error:"), (argv, err.getvalue()[:2000])
         assert len(lines[0]) < 500, (argv, lines[0][:1000])
         assert state(workspace) == before, argv
+
+
+# Names DVC would paste into a shell command and an output path: metacharacters, paths, quotes,
+# and any short text. The marker is a file a successful injection would create.
+SHELL_NAMES = st.one_of(
+    st.sampled_from(["x;touch {marker}", "$(touch {marker})", "`touch {marker}`", "x&&touch {marker}",
+                     "x|touch {marker}", "'; touch {marker}; '", "x\ntouch {marker}", "../mlruns", "../../.rvpt",
+                     "..", "mlflow.db/..", "a b", "-rf", "--params=/dev/zero"]),
+    st.text(min_size=1, max_size=10)).filter(lambda name: not plain_name(name))  # a plain name simply runs
+
+
+def plain_name(name: str) -> bool:
+    from pipeline.paths import check_name
+    from rvpt.errors import BadInput
+
+    try:
+        check_name(name, "name")
+    except BadInput:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def dvc_project(reproduced, tmp_path_factory):
+    from conftest import copy_of
+
+    return copy_of(reproduced, tmp_path_factory.mktemp("fuzz-dvc"))
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(name=SHELL_NAMES, role=st.sampled_from(["attacks", "defenses"]))
+def test_dvc_repro_on_any_name_runs_nothing_and_deletes_nothing(dvc_project, name, role):
+    import subprocess
+
+    from conftest import BIN, environment, tree
+
+    marker = dvc_project.parent / "PWNED"
+    name = name.replace("{marker}", str(marker))
+    original = (dvc_project / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params[role][name] = params[role]["badnet" if role == "attacks" else "rvpt"]
+    params["run"][role].append(name)
+    (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    before = {k: v for k, v in tree(dvc_project).items() if not k.startswith(".dvc/tmp")}
+    try:
+        result = subprocess.run([str(BIN / "dvc"), "repro"], cwd=dvc_project, env=environment(), capture_output=True,
+                                text=True, timeout=300)
+        after = {k: v for k, v in tree(dvc_project).items() if not k.startswith(".dvc/tmp")}
+    finally:
+        (dvc_project / "params.yaml").write_text(original)
+    assert result.returncode != 0, name
+    assert not marker.exists(), name
+    assert after == before, name  # mlruns/ and mlflow.db included
+    ran = [line for line in result.stdout.splitlines() if line.startswith("Running stage")]
+    if result.returncode and ran:  # refused at check, in rvpt's words, before any other stage ran
+        assert ran == ["Running stage 'check':"] and "failed to reproduce 'check'" in result.stderr, result.stdout
+        assert sum(line.startswith("rvpt: error: ") for line in result.stderr.splitlines()) == 1
+    elif result.returncode:  # DVC refused the pipeline itself (`..` makes outputs overlap): nothing ran
+        event("refused by DVC before any stage")
+
+
+def special_file(root, kind: str) -> str:
+    """A path of the given kind in `root`: no regular file (or no file at all)."""
+    import socket
+
+    path = root / f"special-{kind}.tar.gz"
+    if kind == "fifo" and not path.exists():
+        os.mkfifo(path)
+    elif kind == "socket" and not path.exists():
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))  # left bound: a socket file that no one reads from
+    elif kind == "folder":
+        path.mkdir(exist_ok=True)
+    return {"zero": "/dev/zero", "random": "/dev/urandom", "missing": str(root / "no-such-file")}.get(kind, str(path))
+
+
+PATH_OPTIONS = st.sampled_from([
+    (["scan", "--model", "model", "--out", "out", "--data"], "--data"),
+    (["scan", "--data", "images", "--out", "out", "--model"], "--model"),
+    (["defend", "--data", "images", "--out", "out", "--no-track", "--model"], "--model"),
+    (["defend", "--model", "model", "--out", "out", "--no-track", "--data"], "--data"),
+    (["defend", "--model", "weights.safetensors", "--data", "images", "--out", "out", "--no-track", "--config"],
+     "--config"),
+    (["defend", "--model", "model", "--data", "images", "--out", "out", "--no-track", "--classnames"], "--classnames"),
+    (["calibrate", "--summary"], "--summary"),
+    (["stage", "sample", "--params"], "--params"),
+])
+
+
+@pytest.fixture(scope="module")
+def brought_root(tmp_path_factory):
+    from conftest import brought_files
+
+    root = tmp_path_factory.mktemp("fuzz-paths")
+    brought_files(root, ["zero", "one", "two"])
+    (root / "weights.safetensors").write_bytes((root / "model" / "open_clip_model.safetensors").read_bytes())
+    (root / "params.yaml").write_text(yaml.safe_dump(BASE))
+    return root
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(command=PATH_OPTIONS, kind=st.sampled_from(["zero", "random", "fifo", "socket", "folder", "missing"]))
+def test_a_path_option_given_no_regular_file_is_refused_in_a_moment(brought_root, command, kind):
+    import threading
+    import time
+
+    from conftest import call, one_error_line
+
+    words, option = command
+    argv = [*words, special_file(brought_root, kind)]
+    if words[0] in ("scan", "defend"):
+        argv += ["--cache", str(brought_root / "cache")]
+    outcome, started = [], time.monotonic()
+    worker = threading.Thread(target=lambda: outcome.append(call(brought_root, *argv)), daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert outcome, f"{argv} still running after 30 s"
+    code, _, err = outcome[0]
+    event(f"{option} {kind} exit {code}")
+    assert code == 2, (argv, err)
+    one_error_line(err)
+    assert time.monotonic() - started < 5, argv
+    assert not (brought_root / "out").exists() and not list((brought_root / "cache").rglob("*.png"))

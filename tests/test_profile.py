@@ -40,8 +40,8 @@ def test_paper_profile_lists_the_papers_pipeline(tmp_path):
     # not-yet-made files inside data/clean and fails; --force skips that lookup and runs nothing.
     dry = run(["dvc", "repro", "--dry", "--force"], project).stdout
     commands = [line[2:] for line in dry.splitlines() if line.startswith("> ")]
-    expected = ["rvpt stage download", "rvpt stage pretrain --clean", "rvpt stage sample", "rvpt stage scan",
-                "rvpt stage evaluate", "rvpt stage report"]
+    expected = ["rvpt stage check", "rvpt stage download", "rvpt stage pretrain --clean", "rvpt stage sample",
+                "rvpt stage scan", "rvpt stage evaluate", "rvpt stage report"]
     expected += [f"rvpt stage {stage} --attack {a}" for a in ATTACKS for stage in ("poison", "pretrain")]
     expected += [f"rvpt stage tune --defense {d}" for d in DEFENSES]
     assert sorted(commands) == sorted(expected)

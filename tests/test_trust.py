@@ -5,15 +5,21 @@ import zipfile
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+import yaml
+from conftest import REPO, TINY_MODEL
 from hostile import HOSTILE_IMAGES, decompression_bomb, png, tar_with
 from safetensors.torch import save_file
 
 from pipeline import sources
+from pipeline.params_data import ArchiveLimits
 from rvpt import models
 from rvpt.defenses import KINDS
 from rvpt.errors import BadInput
 from rvpt.images import decode, decode_many
+
+
+# params.yaml's default archive limits, as every command reads them
+LIMITS = ArchiveLimits(**yaml.safe_load((REPO / "params.yaml").read_text())["data"]["archive"])
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_IMAGES))
@@ -53,7 +59,7 @@ def test_unsafe_tar_archives_are_refused_whole(tmp_path, members, links, culprit
     links = {name: target for name, target in (links or {}).items() if not isinstance(target, bytes)}
     archive = tar_with(tmp_path / "data.tar.gz", members, links, special)
     with pytest.raises(BadInput, match=culprit):
-        sources.extract(archive, tmp_path / "out")
+        sources.extract(archive, tmp_path / "out", LIMITS)
     assert not (tmp_path / "out").exists() and not (tmp_path / "escape.png").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["data.tar.gz"]
 
@@ -62,16 +68,16 @@ def test_unsafe_zip_is_refused_and_a_safe_archive_extracts(tmp_path):
     with zipfile.ZipFile(tmp_path / "bad.zip", "w") as archive:
         archive.writestr("../../escape.png", b"x")
     with pytest.raises(BadInput, match="would land outside"):
-        sources.extract(tmp_path / "bad.zip", tmp_path / "out")
+        sources.extract(tmp_path / "bad.zip", tmp_path / "out", LIMITS)
     assert not (tmp_path / "out").exists()
     good = tar_with(tmp_path / "good.tar.gz", {"cat/a.png": png(), "dog/b.png": png()})
-    assert sorted(p.name for p in sources.extract(good, tmp_path / "out").rglob("*.png")) == ["a.png", "b.png"]
+    assert sorted(p.name for p in sources.extract(good, tmp_path / "out", LIMITS).rglob("*.png")) == ["a.png", "b.png"]
 
 
 def test_sha256_mismatch_is_refused(tmp_path):
     good = tar_with(tmp_path / "good.tar.gz", {"cat/a.png": png()})
     with pytest.raises(BadInput, match="sha256 is"):
-        sources.materialise(str(good), tmp_path / "cache", "0" * 64, 5)
+        sources.materialise(str(good), tmp_path / "cache", "0" * 64, 5, LIMITS)
 
 
 def test_urls_need_a_sha256_and_are_verified_before_use(served, tmp_path):
@@ -80,14 +86,14 @@ def test_urls_need_a_sha256_and_are_verified_before_use(served, tmp_path):
     digest = hashlib.sha256(b"some weights").hexdigest()
     cache = tmp_path / "cache"
     with pytest.raises(BadInput, match="needs its sha256"):
-        sources.materialise(f"{url}/weights.bin", cache, None, 5)
+        sources.materialise(f"{url}/weights.bin", cache, None, 5, LIMITS)
     with pytest.raises(BadInput, match="sha256 is"):
-        sources.materialise(f"{url}/weights.bin", cache, "f" * 64, 5)
+        sources.materialise(f"{url}/weights.bin", cache, "f" * 64, 5, LIMITS)
     assert not any(p.is_file() for p in cache.rglob("*"))
-    path = sources.materialise(f"{url}/weights.bin", cache, digest, 5)
+    path = sources.materialise(f"{url}/weights.bin", cache, digest, 5, LIMITS)
     assert path.read_bytes() == b"some weights"
     with pytest.raises(BadInput, match="download failed"):
-        sources.materialise(f"{url}/missing.bin", cache, digest, 5)
+        sources.materialise(f"{url}/missing.bin", cache, digest, 5, LIMITS)
 
 
 @pytest.mark.parametrize("kind, tensors, culprit", [

@@ -54,7 +54,7 @@ def from_files(params: Params) -> str:
     folders, names = data.class_folders, data.class_names
 
     def fetch(spec):
-        return datasets.local(spec, paths.DOWNLOADS, data.download_timeout_s)
+        return datasets.local(spec, paths.DOWNLOADS, data.download_timeout_s, data.archive)
 
     # Fetched and checked before the run opens: a bad URL or archive leaves no trace.
     transfer_roots = {name: fetch(spec) for name, spec in files.transfer.items()}

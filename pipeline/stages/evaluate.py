@@ -117,7 +117,8 @@ def write_metrics(rows: list[dict]) -> None:
 
 
 def run(params: Params) -> str:
-    artifacts.check_writable(paths.RESULTS)
+    for output in (paths.ASR_METRICS, paths.CA_METRICS):  # probes results/ itself, where summary.json goes too
+        artifacts.check_writable(output)
     scorer = Scorer(params, "test", diagnostics=True)
     scans = artifacts.read_json(paths.SCANS / "scans.json", "rvpt stage scan").get("models", {})
     upstream, memo = {}, Memo("evaluate", params, [paths.DOWNSTREAM], unused=UNUSED_AFTER_TUNE + ("scan",))

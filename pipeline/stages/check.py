@@ -1,0 +1,24 @@
+"""Stage `check`: params.yaml checked whole (names, types, sizes, the cells' cross-checks) before
+DVC runs any other stage.
+
+DVC builds its matrix stages from params.yaml's `run` lists: a name becomes part of a shell
+command (`rvpt stage tune --defense NAME`) and of an output path that DVC deletes before the
+stage runs (`defended/NAME`). Every other stage depends on this one's output, so a params file
+that rvpt refuses stops `dvc repro` here, before DVC runs or deletes anything for a later stage.
+
+The output is the same few bytes whatever the params are, so a change to params.yaml reruns this
+stage alone and never invalidates the stages after it. It logs no MLflow run: it trains and
+measures nothing.
+"""
+from __future__ import annotations
+
+from pipeline import artifacts, paths
+from pipeline.params import Params
+
+NOTE = "params.yaml passed `rvpt stage check`; every other stage depends on this file\n"
+
+
+def run(params: Params) -> str:
+    artifacts.write_text(paths.CHECKED, NOTE)
+    return (f"params.yaml is sound: {len(params.run.attacks)} attacks x {len(params.run.defenses)} defenses; "
+            f"wrote {paths.CHECKED}")
