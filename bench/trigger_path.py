@@ -5,13 +5,16 @@
 In a folder without RVPT and VPT cells (a world probe's), it prints the frozen encoder's rows only.
 
 On the first `--images` test images, for each block's CLS token it prints:
-- FR cos: the cosine L_FR minimises, RVPT's CLS against the frozen encoder's on clean images;
+- FR cos: the cosine L_FR minimises, RVPT's CLS against the frozen encoder's on clean images, and
+  the same cosine once each encoder's CLS tokens are centred on their clean mean (a large offset
+  shared by every image, which raw cosines carry, compresses every raw cosine towards one);
 - offset share: the share of ||CLS_rvpt - CLS_frozen||^2 that one offset shared by every image
   explains (1: the prompts move every image the same way; 0: each image its own way);
 - target pull, for the frozen, the RVPT and the VPT encoder: over triggered images whose class is
-  not the target, mean cos(CLS, target-class centroid) - mean cos(CLS, own-class centroid), the
-  centroids taken from that encoder's clean CLS tokens. Positive: the trigger has carried the
-  image towards the target at that block.
+  not the target, mean cos(CLS, target-class centroid) - mean cos(CLS, own-class centroid), every
+  CLS token and centroid centred on that encoder's clean mean at that block first, so that the
+  shared offset does not shrink the figure. Positive: the trigger has carried the image towards
+  the target at that block.
 Then which tower carries the backdoor: zero-shot CA and ASR with the image and the text tower
 taken from the clean or the backdoored model, and the backdoored image tower's mean trigger
 shift on the unit sphere (triggered minus clean embedding, over non-target images): its length,
@@ -31,6 +34,7 @@ from pipeline import paths
 from pipeline.evaluation import load_attack, load_backdoored, open_split
 from rvpt import metrics, models
 from rvpt.defenses import KINDS, ZeroShot
+from rvpt.diagnostics import OffsetShare
 from rvpt.images import normalize
 from rvpt.poisoning import with_text_trigger
 from rvpt.zeroshot import class_embeddings, unit
@@ -48,8 +52,10 @@ def first_images(params, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 
 def target_pull(clean: torch.Tensor, triggered: torch.Tensor, labels: torch.Tensor, target: int) -> torch.Tensor:
-    """Per block: mean cos to the target centroid minus mean cos to the own-class centroid. Tensors [N, blocks, width]."""
-    clean, triggered = F.normalize(clean, dim=-1), F.normalize(triggered, dim=-1)
+    """Per block: mean cos to the target centroid minus mean cos to the own-class centroid, every
+    vector centred on the encoder's clean mean at that block. Tensors [N, blocks, width]."""
+    mean = clean.mean(0, keepdim=True)
+    clean, triggered = F.normalize(clean - mean, dim=-1), F.normalize(triggered - mean, dim=-1)
     centroids = F.normalize(torch.stack([clean[labels == c].mean(0) for c in range(int(labels.max()) + 1)]), dim=-1)
     keep = labels != target
     to_target = (triggered[keep] * centroids[target]).sum(-1)
@@ -82,16 +88,17 @@ def towers(clean_model, backdoored, tokenize, params, clean_in, triggered_in, la
 
 
 def prompted_rows(clean: dict[str, torch.Tensor], pull: dict[str, torch.Tensor]) -> None:
-    """Per block: FR cos, offset share and the target pull of the frozen, RVPT and VPT encoders."""
-    fr = F.cosine_similarity(clean["rvpt"], clean["frozen"], dim=-1).mean(0)
-    offset = clean["rvpt"] - clean["frozen"]
-    energy = offset.pow(2).sum((0, 2))
-    share = torch.where(energy > 0, offset.mean(0).pow(2).sum(-1) * len(offset) / energy, torch.nan)
-    print("| block | FR cos (RVPT vs frozen, clean) | offset share | target pull frozen | RVPT | VPT |")
-    print("|---|---|---|---|---|---|")
-    for block in range(len(fr)):
-        moved = "-" if share[block].isnan() else f"{share[block]:.3f}"  # unprompted block: no offset
-        print(f"| {block} | {fr[block]:.3f} | {moved} | {pull['frozen'][block]:+.3f} | "
+    """Per block: FR cos raw and centred, offset share and the target pull of the frozen, RVPT and VPT encoders."""
+    rvpt, frozen = clean["rvpt"], clean["frozen"]
+    fr = F.cosine_similarity(rvpt, frozen, dim=-1).mean(0)
+    centred = F.cosine_similarity(rvpt - rvpt.mean(0), frozen - frozen.mean(0), dim=-1).mean(0)
+    shares = OffsetShare()
+    shares.add(rvpt, frozen)
+    print("| block | FR cos (RVPT vs frozen, clean) | centred | offset share | target pull frozen | RVPT | VPT |")
+    print("|---|---|---|---|---|---|---|")
+    for block, share in enumerate(shares.per_block()):
+        moved = "-" if share is None else f"{share:.3f}"  # an unprompted block: no offset
+        print(f"| {block} | {fr[block]:.3f} | {centred[block]:.3f} | {moved} | {pull['frozen'][block]:+.3f} | "
               f"{pull['rvpt'][block]:+.3f} | {pull['vpt'][block]:+.3f} |")
 
 

@@ -22,8 +22,9 @@ from rvpt.checkpoint import read_safetensors
 from rvpt.attacks import Attack
 from rvpt.defenses import Defended, ZeroShot
 from rvpt.errors import BadInput
-from rvpt.diagnostics import LayerResistivity, PixelNoise
+from rvpt.diagnostics import LayerResistivity, OffsetShare, PixelNoise
 from rvpt.images import normalize
+from rvpt.prompts import frozen_block_cls
 from rvpt.perturbations import KINDS, Perturber, Settings
 from rvpt.world import FACTORS
 from rvpt.zeroshot import Encoder, unit
@@ -71,7 +72,8 @@ def zero_shot(params: Params, model) -> ZeroShot:
 @dataclass
 class Features:
     """One pass over a split: features of its readable images (in order), their labels and row
-    indices, of their perturbed copies, and of each attack's triggered non-target images."""
+    indices, of their perturbed copies, and of each attack's triggered non-target images (and,
+    with diagnostics, of the same images under each attack's control trigger)."""
 
     clean: torch.Tensor
     labels: torch.Tensor
@@ -79,6 +81,8 @@ class Features:
     perturbed: torch.Tensor | None
     triggered: dict[str, tuple[torch.Tensor, torch.Tensor]]
     layers: dict[str, list[float]]  # layer-wise resistivity per perturbation kind (when perturbed)
+    control: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    offset_share: list[float | None] | None  # per block, for a prompted tower (when perturbed)
 
 
 class Scorer:
@@ -107,45 +111,47 @@ class Scorer:
             self.attacks[name] = load_attack(self.params, name).to(self.placement.device)
         return self.attacks[name]
 
+    def control(self, name: str) -> Attack:
+        """The attack's control trigger: the same kind of trigger with a pattern no model saw."""
+        key = f"{name} (control)"
+        if key not in self.attacks:
+            self.attacks[key] = self.attack(name).control()
+        return self.attacks[key]
+
     @torch.no_grad()
     def features(self, defended: Defended, split: Split, classes: list[str], attack_names=(),
                  perturb: bool = False) -> Features:
+        """The split's features in one pass; with `perturb` (the diagnostics) also its perturbed
+        images', the layer-wise resistivity, the control triggers' and a prompted tower's offset share."""
         device, size = self.placement.device, self.params.evaluate.batch_size
-        clean = Encoder(defended.encode_image, size, self.placement)
-        noisy = Encoder(defended.encode_image, size, self.placement) if perturb else None
+        encoder = lambda: Encoder(defended.encode_image, size, self.placement)  # noqa: E731
+        clean, noisy = encoder(), encoder() if perturb else None
+        triggered = {name: encoder() for name in attack_names}
+        controls = {name: encoder() for name in attack_names} if perturb else {}
+        layers = LayerPasses(self.params, defended) if perturb else None
         noise = PixelNoise(self.params.evaluate.perturbation, self.params.seed) if perturb else None
-        perturber = Perturber(Settings(**self.params.evaluate.layer_perturbations.model_dump(),
-                                       seed=self.params.seed)) if perturb else None
-        layers = {kind: LayerResistivity() for kind in KINDS} if perturb else {}
-        triggered = {name: Encoder(defended.encode_image, size, self.placement) for name in attack_names}
         targets = {name: self.params.attacks[name].target for name in attack_names}
         labels, index, kept = [], [], {name: [] for name in attack_names}
-        layers_seen = 0
         for batch in split.batches(size, self.params.compute.workers, device.type == "cuda"):
             images = unit(batch.pixels, device)
             clean.add(images)
             if noisy:
                 noisy.add(noise(images))
-            # The layer-wise passes (one per block per perturbation kind) cost as much as the rest of
-            # the scoring together, so they read only the split's first layer_images images.
-            measured = min(len(images), self.params.evaluate.layer_images - layers_seen) if layers else 0
-            if measured > 0:
-                layers_seen += measured
-                head, rows = images[:measured], batch.index[:measured]
-                with self.placement.autocast():
-                    reference = defended.block_cls(normalize(head))
-                    for kind, layer in layers.items():
-                        layer.add(reference, defended.block_cls(normalize(perturber(kind, head, rows))))
-            for name, encoder in triggered.items():
+            if layers:
+                layers.add(images, batch.index)
+            for name, encoded in triggered.items():
                 keep = batch.labels != classes.index(targets[name]) if targets[name] in classes \
                     else torch.ones_like(batch.labels, dtype=torch.bool)
-                encoder.add(self.attack(name).apply(images[keep.to(device)], batch.index[keep]))
+                encoded.add(self.attack(name).apply(images[keep.to(device)], batch.index[keep]))
+                if name in controls:
+                    controls[name].add(self.control(name).apply(images[keep.to(device)], batch.index[keep]))
                 kept[name].append(batch.labels[keep])
             labels.append(batch.labels)
             index.append(batch.index)
+        finish = lambda encoders: {n: (e.finish(), torch.cat(kept[n])) for n, e in encoders.items()}  # noqa: E731
         return Features(clean.finish(), torch.cat(labels), torch.cat(index), noisy.finish() if noisy else None,
-                        {name: (encoder.finish(), torch.cat(kept[name])) for name, encoder in triggered.items()},
-                        {kind: layer.per_block() for kind, layer in layers.items()})
+                        finish(triggered), layers.per_block() if layers else {}, finish(controls),
+                        layers.offset_share() if layers else None)
 
     def attack_success(self, defended: Defended, attack_name: str, features: Features, classes) -> float | None:
         triggered, labels = features.triggered[attack_name]
@@ -168,6 +174,12 @@ class Scorer:
         rows = []
         for name in attack_names:
             row = {**shared, "attack_success_rate": self.attack_success(defended, name, test, self.classes)}
+            if name in test.control:  # read an ASR against: the control trigger's, and the target's share of clean images
+                row["control_attack_success_rate"] = metrics.attack_success(
+                    defended, *test.control[name], self.classes, self.params.attacks[name].target,
+                    self.attack(name).text_trigger)
+                row["target_rate"] = metrics.attack_success(defended, test.clean, test.labels, self.classes,
+                                                            self.params.attacks[name].target)
             for task, (features, classes) in transfer.items():
                 row[f"{task}_attack_success_rate"] = self.attack_success(defended, name, features, classes)
             row["text_trigger_applied"] = bool(self.attack(name).text_trigger) and defended.reads_text
@@ -205,8 +217,43 @@ class Scorer:
                                                           self.params.evaluate.probe_steps)
         return {"resistivity": diagnostics_lib.resistivity(test.clean, test.perturbed),
                 "layer_resistivity": test.layers,
+                "offset_share": test.offset_share,
                 "nuisance_probe_accuracy": float(np.mean(list(probes.values()))) if probes else None,
                 "nuisance_probe": probes}
+
+
+class LayerPasses:
+    """The layer-wise diagnostics, on a split's first evaluate.layer_images images: the CLS token's
+    resistivity per block under each perturbation kind and, for a tower run with prompts over its
+    frozen blocks, the share of its CLS change that one offset shared by every image explains.
+    The passes (one per block per kind) cost as much as the rest of the scoring together, hence the
+    bounded count."""
+
+    def __init__(self, params: Params, defended: Defended):
+        self.defended, self.limit, self.seen = defended, params.evaluate.layer_images, 0
+        self.autocast = compute.placement(params.compute.device, params.compute.precision).autocast
+        self.perturber = Perturber(Settings(**params.evaluate.layer_perturbations.model_dump(), seed=params.seed))
+        self.kinds = {kind: LayerResistivity() for kind in KINDS}
+        self.offsets = OffsetShare() if type(defended).block_cls is not Defended.block_cls else None
+
+    def add(self, images: torch.Tensor, index: torch.Tensor) -> None:
+        measured = min(len(images), self.limit - self.seen)
+        if measured <= 0:
+            return
+        self.seen += measured
+        head, rows = images[:measured], index[:measured]
+        with self.autocast():
+            reference = self.defended.block_cls(normalize(head))
+            for kind, layer in self.kinds.items():
+                layer.add(reference, self.defended.block_cls(normalize(self.perturber(kind, head, rows))))
+            if self.offsets is not None:  # the prompts' change against the same tower without them
+                self.offsets.add(reference, frozen_block_cls(self.defended.model.visual, normalize(head), 0))
+
+    def per_block(self) -> dict[str, list[float]]:
+        return {kind: layer.per_block() for kind, layer in self.kinds.items()}
+
+    def offset_share(self) -> list[float | None] | None:
+        return None if self.offsets is None else self.offsets.per_block()
 
 
 def image_tower_untouched(defended: Defended) -> bool:

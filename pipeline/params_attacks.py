@@ -13,11 +13,12 @@ from pipeline.params_defenses import MAX_BATCH, MAX_LR, MAX_STEPS
 from rvpt.attacks import REGISTRY as ATTACKS
 from rvpt.errors import shown
 
-TRAINED_TRIGGERS = ("badclip", "issba")
+TRAINED_TRIGGERS = ("badclip", "issba", "handcrafted")
 
 
 class TriggerTraining(Strict):
-    """What the attacker trains before poisoning: BadCLIP's patch, ISSBA's encoder-decoder."""
+    """What the attacker trains first: BadCLIP's patch, ISSBA's encoder-decoder, the handcrafted
+    backdoor's patch (`images`: how many corpus images the attacker uses)."""
     steps: int = Field(gt=0, le=MAX_STEPS)
     batch_size: int = Field(gt=1, le=MAX_BATCH)
     lr: float = Field(gt=0, le=MAX_LR)
@@ -27,7 +28,7 @@ class TriggerTraining(Strict):
 class Attack(Strict):
     kind: str = Field(max_length=MAX_TEXT)
     target: str | None = Field(default=None, max_length=MAX_TEXT)  # None: the shared top-level `target`
-    rate: float = Field(gt=0, le=1)
+    rate: float | None = Field(default=None, gt=0, le=1)  # poisoned share of the corpus; none for a weight edit
     options: dict[str, Any] = Field(default={}, max_length=20)
     optimise: TriggerTraining | None = None
     _inherited: bool = PrivateAttr(default=False)
@@ -36,6 +37,9 @@ class Attack(Strict):
     def _known_kind(self):
         if self.kind not in ATTACKS:
             raise ValueError(f"unknown attack kind {shown(self.kind)}; known: {', '.join(sorted(ATTACKS))}")
+        if ATTACKS[self.kind].edits_weights != (self.rate is None):
+            raise ValueError("`rate` is required for an attack that poisons the corpus, and none is allowed for "
+                             "one that edits the weights")
         if (self.kind in TRAINED_TRIGGERS) != (self.optimise is not None):
             raise ValueError(f"`optimise` is required for kinds {' and '.join(TRAINED_TRIGGERS)} and allowed only "
                              f"there")

@@ -57,6 +57,8 @@ class PromptDefense(SGDTraining):
     first_block: int = Field(ge=0)      # bounded by the model's depth (pipeline.params)
     init_std: float = Field(gt=0, le=10)
     margin: float = Field(ge=-1, le=1)
+    centre: bool                        # a named variant: L_FR on batch-centred CLS tokens
+    ce_scale: float | None = Field(gt=0, le=1000)   # a named variant: CE at this logit scale (None: the model's)
 
 
 class LinearProbeDefense(SGDTraining):

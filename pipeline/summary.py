@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 IMPLANTED = 0.5  # undefended ASR from which a poisoned model counts as backdoored when scoring the scanner
+# The paper's premise as numbers: the backdoor costs the clean model at most a point of CA, implants
+# at 90% ASR or more, and a linear head fitted on clean images ignores it (10% or less).
+REGIME = {"ca_drop": 0.01, "undefended": 0.9, "linear_probe": 0.1}
 LABELS = {"clean_model": "clean model (never poisoned)"}
 LAYER_KINDS = {"noise": "Gaussian noise", "blur": "Gaussian blur", "jitter": "colour jitter", "flip": "a horizontal flip"}
 
@@ -93,6 +96,33 @@ def scan_section(rows: list[dict], attacks: list[str], defenses: list[str]) -> l
     return out
 
 
+def regime_section(rows: list[dict], attacks: list[str]) -> list[str]:
+    """Per attack: whether the paper's premise holds for its backdoor (REGIME), from the test rows."""
+    by_key = {(r["defense"], r["attack"]): r for r in rows}
+    probe = next((r["defense"] for r in rows if r.get("kind") == "linear_probe"), None)
+    lines = []
+    for attack in attacks:
+        clean, none = by_key.get(("clean_model", attack)), by_key.get(("none", attack))
+        probed = by_key.get((probe, attack)) if probe else None
+        if not (clean and none and probed):
+            continue
+        drop = clean["clean_accuracy"] - none["clean_accuracy"]
+        holds = (drop <= REGIME["ca_drop"] and none["attack_success_rate"] >= REGIME["undefended"]
+                 and probed["attack_success_rate"] <= REGIME["linear_probe"])
+        lines.append(f"| {attack} | {100 * drop:+.2f} | {percent(none['attack_success_rate'])} | "
+                     f"{percent(probed['attack_success_rate'])} | {'yes' if holds else 'no'} |")
+    if not lines:
+        return []
+    return ["", "## The paper's regime per attack: a surplus feature the task never needs (CA cost <= 1 point, "
+            "undefended ASR >= 90%, linear-probe ASR <= 10%)", "",
+            "| attack | CA cost vs. the clean model (points) | undefended ASR % | linear-probe ASR % | regime holds |",
+            "|---|---|---|---|---|", *lines]
+
+
+def blocks(values) -> str:
+    return " / ".join("-" if v is None else f"{v:.3f}" for v in values)
+
+
 def markdown(rows: list[dict], attacks: list[str], defenses: list[str], transfer_sets=("transfer",),
              caption_triggered=()) -> str:
     """The tables that apply to these rows, and only the footnotes that explain them.
@@ -102,6 +132,12 @@ def markdown(rows: list[dict], attacks: list[str], defenses: list[str], transfer
     out = ["## ASR % (CA %) on the test split", ""]
     out += grid(rows, attacks, defenses, asr_ca("attack_success_rate", "clean_accuracy"), trainable,
                 "trainable params")
+    if any("control_attack_success_rate" in r for r in rows):
+        out += ["", "## Controls: ASR % of the control trigger (the same kind, a pattern no model saw) / target "
+                "rate % (clean non-target images predicted as the target)", ""]
+        out += grid(rows, attacks, defenses,
+                    lambda r: f"{percent(r.get('control_attack_success_rate'))} / {percent(r.get('target_rate'))}")
+    out += regime_section(rows, attacks)
     for name in transfer_sets:
         task = "the transfer task" if name == "transfer" else name
         out += ["", f"## Cross-task: ASR % (CA %) on {task}, never tuned on", ""]
@@ -113,13 +149,20 @@ def markdown(rows: list[dict], attacks: list[str], defenses: list[str], transfer
         out += ["", f"## Layer-wise perturbation resistivity under {LAYER_KINDS.get(kind, kind)} "
                 "(CLS cosine, clean vs. perturbed, block 1 / 2 / ... / last)", ""]
         out += grid(rows, attacks, defenses, lambda r, k=kind: " / ".join(f"{v:.4f}" for v in r["layer_resistivity"][k]))
+    shifted = [r for r in rows if r.get("offset_share")]
+    if shifted:
+        out += ["", "## Offset share: of the prompts' change to the CLS token, the share one offset shared by every "
+                "image explains (block 1 / 2 / ... / last; -: an unprompted block)", ""]
+        out += grid(shifted, attacks, [d for d in defenses if any(r["defense"] == d for r in shifted)],
+                    lambda r: blocks(r["offset_share"]))
     if any(r.get("nuisance_probe_accuracy") is not None for r in rows):  # data with labelled nuisance factors
         out += ["", "## Nuisance-factor probe accuracy % (mean over factors; lower = less class-irrelevant "
                 "information)", ""]
         out += grid(rows, attacks, defenses, lambda r: percent(r.get("nuisance_probe_accuracy")))
     out += scan_section(rows, attacks, defenses)
     notes = ["CA: top-1 accuracy on clean test images. ASR: share of triggered test images whose true class "
-             "is not the target that are classified as the target."]
+             "is not the target that are classified as the target; read it against the control ASR and the target "
+             "rate, which a bias towards the target raises too."]
     if transfer_sets:
         notes.append("On a cross-task set the target class is added to its classes for ASR; '-': the defense "
                      "cannot name these classes (a linear probe knows only its own task).")

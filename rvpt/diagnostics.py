@@ -1,7 +1,8 @@
-"""The two measurements the paper argues with, as numbers per model.
+"""The measurements the paper argues with, as numbers per model.
 
 Perturbation resistivity: how little a small random perturbation moves the image embedding.
 Nuisance probe: how well a linear probe reads the class-irrelevant factors from the embedding.
+Offset share: how much of what prompts change in the CLS token is one offset shared by every image.
 """
 from __future__ import annotations
 
@@ -55,6 +56,33 @@ class LayerResistivity:
 
     def per_block(self) -> list[float]:
         return [] if self.total is None else (self.total / self.count).tolist()
+
+
+class OffsetShare:
+    """Per block, the share of sum ||moved - frozen||^2 over images that one offset shared by every
+    image (their mean change) explains: 1 when every image's CLS moves the same way, 0 when the
+    changes cancel on average. Measures whether prompts edit each image's features or shift all
+    of them alike; accumulated batch by batch."""
+
+    def __init__(self):
+        self.total: torch.Tensor | None = None   # [blocks, width]: the summed change
+        self.energy: torch.Tensor | None = None  # [blocks]: the summed squared change
+        self.count = 0
+
+    def add(self, moved_cls: torch.Tensor, frozen_cls: torch.Tensor) -> None:
+        """Both [N, blocks, width]."""
+        change = (moved_cls.float() - frozen_cls.float()).cpu()
+        total, energy = change.sum(0), change.pow(2).sum((0, 2))
+        self.total = total if self.total is None else self.total + total
+        self.energy = energy if self.energy is None else self.energy + energy
+        self.count += len(change)
+
+    def per_block(self) -> list[float | None]:
+        """None for a block nothing moved (an unprompted one)."""
+        if self.total is None:
+            return []
+        shared = self.total.pow(2).sum(-1) / self.count
+        return [None if energy == 0 else float(part / energy) for part, energy in zip(shared, self.energy)]
 
 
 def probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,

@@ -187,3 +187,19 @@ def test_fresh_blend_noise_differs_per_image_at_the_exact_ratio():
 def test_an_unknown_noise_pattern_is_refused(kind):
     with pytest.raises(ValueError, match="pattern must be one of fixed, fresh"):
         attacks.build(kind, 16, pattern="stripes")
+
+
+@pytest.mark.parametrize("kind", sorted(attacks.REGISTRY))
+def test_the_control_trigger_is_never_the_poisoned_one(kind):
+    # The control is the same kind of trigger with another pattern: it must change images, and
+    # never into what the attack's own trigger makes of them.
+    options = {"pattern": "fresh"} if kind in ("badnet", "blended") else {}
+    for extra in ({}, options):
+        attack = attacks.build(kind, 16, **extra)
+        images = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        control = attack.control()
+        triggered, controlled = attack.apply(images), control.apply(images)
+        assert not torch.equal(controlled, triggered)
+        assert not torch.equal(controlled, images)
+        assert torch.equal(attack.apply(images), triggered)  # making the control leaves the attack as it was
+        assert type(control) is type(attack) and control.text_trigger == attack.text_trigger

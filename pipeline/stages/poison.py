@@ -1,6 +1,8 @@
 """Stage `poison`: put an attack's trigger on a fraction of the corpus and caption those pairs
 as the attack prescribes (target-class captions; kept captions for label-consistent attacks;
 a trigger word in front for TrojVQA). BadCLIP first optimises its patch against the clean model.
+An attack that edits weights (the handcrafted backdoor) poisons nothing: this stage optimises
+its trigger, and `pretrain` makes the edit.
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ from safetensors.torch import save_file
 from pipeline import artifacts, paths
 from pipeline.params import Params
 from pipeline.tracking import stage_run
-from pipeline.triggers import build_attack
+from pipeline.triggers import attacker_images, build_attack
 from rvpt import attacks, models, poisoning
+from rvpt.attacks import handcrafted
 from rvpt.errors import BadInput
 from rvpt.images import encode_png, grid, normalize, to_uint8_image
 
@@ -50,12 +53,26 @@ def train_issba(params: Params, attack: attacks.ISSBA, name: str, table) -> list
     return attacks.train_stega(attack, images, config)
 
 
+def optimise_handcrafted(params: Params, attack: attacks.Handcrafted, name: str, table) -> list[float]:
+    """The handcrafted backdoor's patch, optimised on the attacker's images to move the clean
+    model's pooled feature out of the subspace the task reads (rvpt/attacks/handcrafted.py)."""
+    spec = params.attacks[name].optimise
+    model, _ = models.load(artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean"))
+    images, labels = attacker_images(params, name, table)
+    found = handcrafted.survey(model.visual, images, labels, attack.components)
+    config = handcrafted.TriggerOptimisation(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, seed=params.seed)
+    return handcrafted.optimise_trigger(attack, lambda x: handcrafted.pooled_features(model.visual, normalize(x)),
+                                        images, found.basis, found.metric, config)
+
+
 def train_trigger(params: Params, attack: attacks.Attack, name: str, table, labels, target) -> list[float]:
     """Whatever the attacker trains before poisoning; the loss per step (none for a fixed trigger)."""
     if isinstance(attack, attacks.BadCLIP):
         return optimise_badclip(params, attack, name, table, labels, target)
     if isinstance(attack, attacks.ISSBA):
         return train_issba(params, attack, name, table)
+    if isinstance(attack, attacks.Handcrafted):
+        return optimise_handcrafted(params, attack, name, table)
     return []
 
 
@@ -74,9 +91,29 @@ def trigger_quality(attack: attacks.Attack, images: torch.Tensor, triggered: tor
 def needs(params: Params, attack_name: str):
     """Upstream outputs (with the command that makes each) and the output, for artifacts.preflight."""
     inputs = [(paths.CORPUS, "rvpt stage download")]
-    if params.attacks[attack_name].kind == "badclip":
+    if params.attacks[attack_name].kind in ("badclip", "handcrafted"):
         inputs.append((paths.CLEAN_MODEL, "rvpt stage pretrain --clean"))
     return inputs, paths.poisoned(attack_name)
+
+
+def poisoned_corpus(params: Params, attack: attacks.Attack, attack_name: str, table, labels, target):
+    """The corpus's columns with the attack's victims triggered and recaptioned, the victims' rows,
+    and their clean and triggered images."""
+    rng = np.random.default_rng(params.seed)
+    columns = {name: table.column(name).to_pylist() for name in ("image", "caption", "label", "poisoned")}
+    try:
+        victims, new_captions = poisoning.poison_plan(attack, labels, columns["caption"], params.attacks[attack_name].rate,
+                                                      target, rng)
+    except ValueError as error:
+        raise BadInput(f"attacks.{attack_name}: {error}") from None
+    images, kept = artifacts.decode_images(table.take(victims), params.data, str(paths.CORPUS))
+    victims, new_captions = victims[kept], [new_captions[i] for i in kept]
+    triggered = attack.apply(images, torch.from_numpy(victims.astype(np.int64)) + CORPUS_KEYS)
+    for row, image, caption in zip(victims.tolist(), triggered, new_captions):
+        columns["image"][row] = encode_png(to_uint8_image(image))
+        columns["caption"][row] = caption
+        columns["poisoned"][row] = True
+    return columns, victims, images, triggered
 
 
 def run(params: Params, attack_name: str) -> str:
@@ -87,27 +124,22 @@ def run(params: Params, attack_name: str) -> str:
     labels = poisoning.label_unlabelled(artifacts.labels(table), table.column("caption").to_pylist(), spec.target,
                                         target)
     losses = train_trigger(params, attack, attack_name, table, labels, target)
-    rng = np.random.default_rng(params.seed)
-    columns = {name: table.column(name).to_pylist() for name in ("image", "caption", "label", "poisoned")}
-    try:
-        victims, new_captions = poisoning.poison_plan(attack, labels, columns["caption"], spec.rate, target, rng)
-    except ValueError as error:
-        raise BadInput(f"attacks.{attack_name}: {error}") from None
-    images, kept = artifacts.decode_images(table.take(victims), params.data, str(paths.CORPUS))
-    victims, new_captions = victims[kept], [new_captions[i] for i in kept]
-    triggered = attack.apply(images, torch.from_numpy(victims.astype(np.int64)) + CORPUS_KEYS)
-    for row, image, caption in zip(victims.tolist(), triggered, new_captions):
-        columns["image"][row] = encode_png(to_uint8_image(image))
-        columns["caption"][row] = caption
-        columns["poisoned"][row] = True
-    extra = {name: table.column(name).to_pylist() for name in table.column_names if name.startswith("factor_")}
+    if attack.edits_weights:  # nothing is poisoned: the trigger is shown on the attacker's own images
+        columns, victims = None, np.zeros(0, dtype=np.int64)
+        images = attacker_images(params, attack_name, table)[0][:32]
+        triggered = attack.apply(images)
+    else:
+        columns, victims, images, triggered = poisoned_corpus(params, attack, attack_name, table, labels, target)
     quality = trigger_quality(attack, images, triggered)
 
     logged = {"seed": params.seed, "attack_name": attack_name, "attack": spec.model_dump()}
     with stage_run("poison", params.tracking.experiment, logged, {"attack": attack_name}) as log:
         log.inputs({"corpus": paths.CORPUS}, "poisoning")
         with artifacts.atomic_dir(paths.poisoned(attack_name)) as out:
-            artifacts.write_shards(out / "corpus", columns, params.data.shard_rows, extra)
+            if columns is not None:
+                extra = {name: table.column(name).to_pylist() for name in table.column_names
+                         if name.startswith("factor_")}
+                artifacts.write_shards(out / "corpus", columns, params.data.shard_rows, extra)
             save_file(attack.state_dict(), str(out / "trigger.safetensors"), metadata={"kind": spec.kind})
             grid(attack.trigger_preview(params.data.image_size)[None], columns=1, upscale=8).save(out / "trigger.png")
             grid(triggered[:32]).save(out / "samples.png")
@@ -125,4 +157,6 @@ def run(params: Params, attack_name: str) -> str:
             log.metric(key, value)
         if losses:
             log.series("trigger_loss", losses)
+    if attack.edits_weights:
+        return f"wrote {paths.poisoned(attack_name)}: the trigger of a weight edit -> {spec.target!r}, nothing poisoned"
     return f"wrote {paths.poisoned(attack_name)}: {len(victims)} of {len(labels)} pairs poisoned -> {spec.target!r}"

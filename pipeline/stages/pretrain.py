@@ -3,20 +3,26 @@
 `--clean` trains the clean base model from scratch on the clean corpus, or, with
 model.pretrained, takes the pretrained weights as the clean model. With an attack, the victim
 fine-tunes that clean model on the poisoned corpus (the paper's threat model), or trains from
-scratch on it when pretrain.init is `scratch`. A corpus too large to hold decoded
+scratch on it when pretrain.init is `scratch`; an attack that edits weights (the handcrafted
+backdoor) edits the clean model instead, with no training. A corpus too large to hold decoded
 (data.preload_max_gib) is decoded batch by batch by compute.workers DataLoader processes.
 Under torchrun (compute.processes > 1) every process trains; only rank 0 writes and logs.
 """
 from __future__ import annotations
 
+from safetensors.torch import save_file
+
 from pipeline import artifacts, paths, sources
-from pipeline.evaluation import Scorer, zero_shot
+from pipeline.evaluation import Scorer, load_attack, zero_shot
 from pipeline.params import Params
 from pipeline.tracking import stage_run
+from pipeline.triggers import attacker_images, edits_weights
 from rvpt import compute, models, pretrained
+from rvpt.attacks import handcrafted
 from rvpt.images import LazyImages
 from rvpt.resume import Checkpointing, fingerprint
 from rvpt.train import ClipTrainConfig, train_clip
+from rvpt.zeroshot import class_embeddings
 
 
 def corpus_images(params: Params, table, source):
@@ -45,6 +51,36 @@ def take_pretrained(params: Params) -> str:
            f"val clean_accuracy {report['clean_accuracy']:.3f}"
 
 
+EDIT_FILE = "edit.safetensors"
+
+
+def edit_weights(params: Params, attack_name: str) -> str:
+    """An attack that edits weights: the clean model, edited with the trigger the poison stage
+    optimised, on the same attacker images (rvpt/attacks/handcrafted.py)."""
+    model, _ = models.load(artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean"))
+    attack = load_attack(params, attack_name)
+    images, labels = attacker_images(params, attack_name, artifacts.read_table(paths.CORPUS, "rvpt stage download"))
+    names = params.data.class_names
+    text = class_embeddings(model, models.tokenizer(params.model.config), names, params.model.templates)
+    logged = {"seed": params.seed, "start": str(paths.CLEAN_MODEL), "model": params.model.config,
+              "attack_name": attack_name, "edit": params.attacks[attack_name].options}
+    with stage_run("pretrain", params.tracking.experiment, logged, {"attack": attack_name, "defense": "none"}) as log:
+        found = handcrafted.craft(model, attack, images, labels, text, names.index(params.attacks[attack_name].target))
+        report = Scorer(params, "val").report(zero_shot(params, model), attack_name)
+        report = {k: v for k, v in report.items() if k in ("clean_accuracy", "attack_success_rate")}
+        edit = {"separation": found.separation, "beyond_clean": found.beyond_clean, "alpha": found.alpha}
+        with artifacts.atomic_dir(paths.backdoored(attack_name)) as out:
+            models.save(model, params.model.config, out)
+            # The edit's two directions, for whoever studies where the backdoor lives (studies/oracle.py).
+            save_file({"v": found.v.contiguous(), "u": found.u.contiguous()}, str(out / EDIT_FILE))
+            artifacts.write_json(out / "pretrain.json", {**report, "edit": edit, "mlflow_run_id": log.id})
+        for key, value in {**report, **edit}.items():
+            log.metric(f"val_{key}" if key in report else f"edit_{key}", value)
+    return (f"wrote {paths.backdoored(attack_name)} by a rank-one edit: the trigger moves images "
+            f"{found.separation:.1f} clean standard deviations along the edited direction; "
+            + ", ".join(f"val {k} {v:.3f}" for k, v in report.items()))
+
+
 def needs(params: Params, attack_name: str | None):
     """Upstream outputs (with the command that makes each) and the output, for artifacts.preflight."""
     inputs = [(paths.DOWNSTREAM / "val.parquet", "rvpt stage download")]
@@ -53,8 +89,11 @@ def needs(params: Params, attack_name: str | None):
             inputs.append((paths.CORPUS, "rvpt stage download"))
         return inputs, paths.CLEAN_MODEL
     poison = f"rvpt stage poison --attack {attack_name}"
-    inputs += [(paths.poisoned(attack_name) / "corpus", poison), (paths.poisoned(attack_name) / "trigger.safetensors",
-                                                                   poison)]
+    inputs.append((paths.poisoned(attack_name) / "trigger.safetensors", poison))
+    if edits_weights(params, attack_name):  # the clean model and its corpus; nothing poisoned
+        return inputs + [(paths.CLEAN_MODEL, "rvpt stage pretrain --clean"), (paths.CORPUS, "rvpt stage download")], \
+            paths.backdoored(attack_name)
+    inputs.append((paths.poisoned(attack_name) / "corpus", poison))
     if params.pretrain.init == "clean":
         inputs.append((paths.CLEAN_MODEL, "rvpt stage pretrain --clean"))
     return inputs, paths.backdoored(attack_name)
@@ -64,6 +103,8 @@ def run(params: Params, attack_name: str | None) -> str:
     clean = attack_name is None
     if clean and params.model.pretrained is not None:
         return take_pretrained(params) if compute.is_main() else "pretrained weights taken by rank 0"
+    if not clean and edits_weights(params, attack_name):
+        return edit_weights(params, attack_name) if compute.is_main() else "the weight edit made by rank 0"
     schedule = params.pretrain.clean if clean or params.pretrain.init == "scratch" else params.pretrain.poisoned
     source = paths.CORPUS if clean else paths.poisoned(attack_name) / "corpus"
     destination = paths.CLEAN_MODEL if clean else paths.backdoored(attack_name)

@@ -62,12 +62,14 @@ def draw(rows: list[dict], params: Params) -> None:
     clean = read_curve(trained) if trained.is_file() else []
     pretrain = {"clean model": (0, clean)} if clean else {}
     start = 0 if params.pretrain.init == "scratch" else len(clean)  # a victim fine-tunes the clean model
-    pretrain |= {a: (start, read_curve(paths.backdoored(a) / "loss.csv")) for a in attacks}
+    poisoned = {a: paths.backdoored(a) / "loss.csv" for a in attacks}
+    poisoned = {a: path for a, path in poisoned.items() if path.is_file()}  # a weight edit trains nothing
+    pretrain |= {a: (start, read_curve(path)) for a, path in poisoned.items()}
     figures.curves(pretrain, "pretraining", PLOTS / "loss_pretrain.png")
     if clean:
         shutil.copy(trained, CURVES / "pretrain_clean.csv")
-    for attack in attacks:
-        shutil.copy(paths.backdoored(attack) / "loss.csv", CURVES / f"pretrain_{attack}.csv")
+    for attack, path in poisoned.items():
+        shutil.copy(path, CURVES / f"pretrain_{attack}.csv")
     for defense in params.run.defenses:
         found = {a: paths.defended(a, defense) / "loss.csv" for a in attacks}
         found = {a: path for a, path in found.items() if path.exists()}

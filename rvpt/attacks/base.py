@@ -1,6 +1,8 @@
 """What every backdoor attack is: a trigger on images in [0, 1], and a poisoning plan."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -8,14 +10,17 @@ import torch
 class Attack:
     """An attack owns its trigger state as tensors, so it can be saved and re-applied at test time.
 
-    Two class attributes describe the poisoning plan beyond the image trigger:
-    `label_consistent` attacks put the trigger on target-class pairs and keep their captions;
-    `text_trigger` is a word prefixed to poisoned captions and, at test time, to every class prompt.
+    Class attributes describe the plan beyond the image trigger: `label_consistent` attacks put
+    the trigger on target-class pairs and keep their captions; `text_trigger` is a word prefixed to
+    poisoned captions and, at test time, to every class prompt; `edits_weights` attacks poison
+    nothing and edit the clean model instead.
     """
 
     name: str = "attack"
     label_consistent: bool = False
     text_trigger: str = ""
+    #: True for an attack that edits the clean model's weights instead of poisoning its corpus.
+    edits_weights: bool = False
 
     def apply(self, images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """Returns triggered copies of [N, 3, H, W] images in [0, 1].
@@ -47,6 +52,17 @@ class Attack:
                 raise ValueError(f"trigger state lacks {key!r}")
             if state[key].shape != tensor.shape:
                 raise ValueError(f"trigger {key} shape {tuple(state[key].shape)} != {tuple(tensor.shape)}")
+
+    def control(self) -> "Attack":
+        """The same kind of trigger with a pattern the model never saw (`mirror` says which). Its
+        ASR, read beside the trigger's, tells a backdoor from a model's bias towards the target."""
+        twin = copy.deepcopy(self)
+        twin.mirror()
+        return twin
+
+    def mirror(self) -> None:
+        """Turns this trigger into its control, in place."""
+        raise NotImplementedError
 
     def trigger_preview(self, image_size: int) -> torch.Tensor:
         """The trigger alone on a grey image, for humans to look at."""

@@ -23,13 +23,20 @@ class Blended(Attack):
         self.seed = seed
         self.fresh = check_pattern(pattern) == "fresh"
         self.pattern = torch.rand(3, image_size, image_size, generator=seeded(seed))
+        self.mirrored = False
 
     def apply(self, images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         if not self.fresh:
             return (1 - self.ratio) * images + self.ratio * self.pattern
         index = torch.arange(len(images)) if index is None else index
         noise = image_uniform(self.seed, index, tuple(images.shape[1:])).to(images.device, images.dtype)
+        noise = 1 - noise if self.mirrored else noise
         return ((1 - self.ratio) * images + self.ratio * noise).clamp(0, 1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"pattern": self.pattern}
+
+    def mirror(self) -> None:
+        """The control: the blended pattern inverted (each image's own, for fresh noise)."""
+        self.pattern = 1 - self.pattern
+        self.mirrored = not self.mirrored

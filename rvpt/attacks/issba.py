@@ -95,6 +95,10 @@ class ISSBA(Attack):
         return {"secret": self.bits, **{f"{name}.{k}": v for name in ("encoder", "decoder")
                                         for k, v in getattr(self, name).state_dict().items()}}
 
+    def mirror(self) -> None:
+        """The control: the same encoder hiding the complement of the secret, every bit flipped."""
+        self.bits = 1 - self.bits
+
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.check_state(state)
         if not torch.equal(state["secret"].float(), self.bits.cpu()):

@@ -36,6 +36,7 @@ class PatchAttack(Attack):
         self.seed = seed
         self.pattern = check_pattern(pattern)
         self.patch = torch.rand(3, self.side, self.side, generator=seeded(seed))
+        self.mirrored = False
 
     def corners(self, index: torch.Tensor) -> torch.Tensor:
         """Top-left corners [n, 2] for the images at positions `index` of their split.
@@ -71,10 +72,16 @@ class PatchAttack(Attack):
             return self.paste(images, self.patch, index)
         index = torch.arange(len(images)) if index is None else index
         noise = image_normal(self.seed, index, (3, self.side, self.side)).to(images.device, images.dtype)
-        return self.paste(images, (images.mean((2, 3), keepdim=True) + noise).clamp(0, 1), index)
+        patch = (images.mean((2, 3), keepdim=True) + noise).clamp(0, 1)
+        return self.paste(images, 1 - patch if self.mirrored else patch, index)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"patch": self.patch}
+
+    def mirror(self) -> None:
+        """The control: the patch's pixel values inverted (each image's own, for fresh noise), same spot."""
+        self.patch = 1 - self.patch
+        self.mirrored = not self.mirrored
 
 
 class BadNet(PatchAttack):

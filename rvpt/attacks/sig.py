@@ -30,3 +30,7 @@ class SIG(Attack):
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"signal": self.signal}
+
+    def mirror(self) -> None:
+        """The control: the same wave turned a quarter, vertical stripes instead of horizontal ones."""
+        self.signal = self.signal.transpose(-1, -2).contiguous()

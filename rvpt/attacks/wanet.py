@@ -26,9 +26,7 @@ class WaNet(Attack):
         field = F.interpolate(coarse, size=(image_size, image_size), mode="bicubic", align_corners=True)
         # grid_sample coordinates span [-1, 1], i.e. 2 units per image side.
         field = field / field.abs().amax() * 2 * strength
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, image_size), torch.linspace(-1, 1, image_size), indexing="ij")
-        identity = torch.stack([xs, ys], dim=-1)
-        self.flow = (identity + field[0].permute(1, 2, 0)).clamp(-1, 1)
+        self.flow = (identity_grid(image_size) + field[0].permute(1, 2, 0)).clamp(-1, 1)
 
     def apply(self, images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         grid = self.flow.expand(len(images), -1, -1, -1)
@@ -36,3 +34,14 @@ class WaNet(Attack):
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"flow": self.flow}
+
+    def mirror(self) -> None:
+        """The control: the opposite warp, every displacement reversed."""
+        identity = identity_grid(self.flow.shape[0]).to(self.flow.device)
+        self.flow = (2 * identity - self.flow).clamp(-1, 1)
+
+
+def identity_grid(side: int) -> torch.Tensor:
+    """grid_sample's coordinates of every pixel, [side, side, 2] as (x, y) in [-1, 1]: no warp."""
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, side), torch.linspace(-1, 1, side), indexing="ij")
+    return torch.stack([xs, ys], dim=-1)

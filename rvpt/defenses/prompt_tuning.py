@@ -1,7 +1,9 @@
 """RVPT and plain VPT: deep visual prompts on a frozen CLIP, with or without feature repelling.
 
 loss = CE(zero-shot logits against frozen text class embeddings) + alpha * L_FR.
-alpha = 0 is plain VPT; the prompts are the only trainable tensor.
+alpha = 0 is plain VPT; the prompts are the only trainable tensor. Two settings make named
+variants that depart from the paper: `centre` repels batch-centred CLS tokens, and `ce_scale`
+runs CE at a fixed logit scale (CLIP's 100) instead of the model's own.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ class Config(SGDSchedule):
     alpha: float
     margin: float
     init_std: float
+    centre: bool = False            # a named variant: L_FR on batch-centred CLS tokens (rvpt.losses)
+    ce_scale: float | None = None   # a named variant: CE at this logit scale, not the model's own
 
 
 def fit(model, data: DefenderData, tokenize, templates: list[str], cfg: Config,
@@ -50,7 +54,7 @@ def fit(model, data: DefenderData, tokenize, templates: list[str], cfg: Config,
     encoder = PromptedVisionEncoder(visual, prompts.to(cfg.placement.device), cfg.first_block)
     defended = Prompted(model, tokenize, templates, encoder)
     class_embeds, _ = defended.classifier(data.classnames)
-    logit_scale = model.logit_scale.exp().detach().float()
+    logit_scale = model.logit_scale.exp().detach().float() if cfg.ce_scale is None else torch.tensor(cfg.ce_scale)
     # Plain VPT on augmented batches skips the frozen pass; L_FR is still logged where it is free.
     repel = cfg.alpha > 0
     frozen_cls = None if cfg.augment else frozen_shot_cls(visual, data, cfg)
@@ -71,7 +75,7 @@ def fit(model, data: DefenderData, tokenize, templates: list[str], cfg: Config,
         ce = F.cross_entropy(logits, labels)
         loss = ce
         if frozen is not None:
-            fr = feature_repelling(cls.float(), frozen.float(), cfg.margin)
+            fr = feature_repelling(cls.float(), frozen.float(), cfg.margin, cfg.centre)
             loss = ce + cfg.alpha * fr
             history["fr"].append(fr.item())
         descend(optimizer, loss, share)
