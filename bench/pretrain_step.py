@@ -3,13 +3,14 @@ model.config), training the whole 49,408-row token embedding against training on
 captions use (what rvpt.train.train_clip does), and whether the two give the same weights.
 
     uv run python bench/pretrain_step.py [--steps 40] [--repeats 3] [--vocabulary 300] [--threads N] [--compile]
+                                         [--quick]
 
 The captions draw their tokens from `--vocabulary` distinct ids (the default world's corpus uses
 a few dozen). Milliseconds per step are the median over `--repeats` runs of `--steps` steps after
 5 warm-up steps, on `threads` CPU threads (params.yaml; `--threads` overrides it), fp32.
 `--compile` adds a row for the used rows under torch.compile (`compute.compile: true`), whose
 numerics are not eager's, and the seconds its first step takes (the compilation, with the
-process's cache cold).
+process's cache cold). `--quick`: 2 steps of 16 captions, once: the same path in seconds.
 """
 from __future__ import annotations
 
@@ -42,11 +43,14 @@ def main() -> None:
     parser.add_argument("--vocabulary", type=int, default=300)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="2 steps of 16 captions, one run")
     args = parser.parse_args()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     threads = args.threads or params["threads"]
     torch.set_num_threads(threads)
     config, batch = params["model"]["config"], params["pretrain"]["clean"]["batch_size"]
+    if args.quick:
+        args.steps, args.repeats, batch = 2, 1, 16
     side, context = config["vision_cfg"]["image_size"], config["text_cfg"]["context_length"]
     n = batch * (args.steps + 5)
     generator = torch.Generator().manual_seed(0)

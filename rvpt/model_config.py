@@ -2,10 +2,12 @@
 
 Importing open_clip and building the model, even on the meta device, costs seconds, and every
 stage validates params.yaml when it starts. These numbers equal those of the model the config
-builds (tests/test_models.py checks them against every config open_clip ships); whether a config
+builds (tests/unit/test_models.py checks them against every config open_clip ships); whether a config
 builds at all, and its parameter count, are checked by models.from_config where a model is built.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 # open_clip's CLIPVisionCfg and CLIPTextCfg defaults, for keys a config leaves out.
 VISION_DEFAULTS = {"layers": 12, "image_size": 224, "patch_size": 16, "timm_model_name": None}
@@ -85,3 +87,16 @@ def context_length(model_cfg: dict) -> int:
     if not _positive(length):
         raise ValueError("text_cfg.context_length is not a positive integer")
     return length
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes a method's settings are checked against (`fits` in each defense module)."""
+
+    vision_depth: int | None     # ViT blocks; None for a tower that is no ViT
+    patch_tokens: int | None     # the ViT's patch grid
+    context_length: int          # text tokens
+
+    @classmethod
+    def of(cls, model_cfg: dict) -> "ModelShape":
+        return cls(vision_depth(model_cfg), patch_tokens(model_cfg), context_length(model_cfg))

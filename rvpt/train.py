@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.distributed as dist
@@ -16,23 +16,30 @@ from rvpt.errors import Diverged
 from rvpt.images import normalize
 from rvpt.resume import Checkpointing
 from rvpt.schedule import warmup_cosine
+from rvpt.settings import MAX_BATCH, MAX_LR, MAX_STEPS, MAX_WEIGHT, check, runtime, setting
 from rvpt.token_rows import UsedRows
 from rvpt.progress import progress
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ClipTrainConfig:
-    steps: int
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.1
-    warmup: int = 100
-    seed: int = 0
-    device: str = "cpu"
-    precision: str = "fp32"
-    compile: bool = False
-    workers: int = 0            # DataLoader processes decoding batches ahead of the step
-    frozen: str = "none"        # a tower kept fixed: image (locked-image tuning, as LiT) or text
+    """The victim's CLIP training: AdamW with a linear warm-up and a cosine decay."""
+
+    steps: int = setting(gt=0, le=MAX_STEPS)
+    batch_size: int = setting(128, gt=1, le=MAX_BATCH, doc="pairs per step: InfoNCE needs two or more")
+    lr: float = setting(2e-3, gt=0, le=MAX_LR)
+    weight_decay: float = setting(0.1, ge=0, le=MAX_WEIGHT)
+    warmup: int = setting(100, ge=0, le=MAX_STEPS, doc="steps of linear warm-up")
+    frozen: Literal["none", "image", "text"] = setting("none", doc="a tower kept fixed: image (locked-image "
+                                                                     "tuning, as LiT) or text")
+    seed: int = runtime(0)
+    device: str = runtime("cpu")
+    precision: str = runtime("fp32")
+    compile: bool = runtime(False)
+    workers: int = runtime(0)            # DataLoader processes decoding batches ahead of the step
+
+    def __post_init__(self):
+        check(self)
 
 
 def batch_plan(n: int, batch_size: int, steps: int, seed: int) -> torch.Tensor:

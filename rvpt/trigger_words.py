@@ -3,7 +3,7 @@ prompt, as rvpt.poisoning.with_text_trigger prefixes TrojVQA's word, where the w
 a token embedding rather than text, so that it can be searched for.
 
 The word goes right after the start token, where the tokenizer puts a prefixed one-token word, so a
-token id gives the class weights that the word's text gives (tests/test_scan.py checks this). Defenses
+token id gives the class weights that the word's text gives (tests/pipeline/test_scan.py checks this). Defenses
 score with templates (zero-shot, VPT, RVPT, fine-tuning) or with CoOp's learned context; a classifier
 without a text side (a linear probe) has no caption side to invert.
 """

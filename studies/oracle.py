@@ -11,6 +11,8 @@ oracle, for the defenses below. After each run it keeps that run's results/summa
 summary-t<seed>.json and the oracle's mechanism figures as mechanism-t<seed>.json. It resumes:
 a run whose files exist is skipped. `table` reads those JSON files only and prints mean ± std
 over every run, with attacks that did not implant (undefended test ASR under 50%) set apart.
+`--quick` runs a tiny world (studies/runner.py's QUICK) and a smaller matrix (BadNet and the
+oracle; none, linear_probe and rvpt): the code path in a few minutes, no finding.
 
 Nothing is chosen here: every defense runs its params.yaml settings (the paper's recipe, or for the
 variants one named change), and the trigger is used only to score.
@@ -32,6 +34,9 @@ ORACLE = "handcrafted"
 DEFENSES = ["none", "linear_probe", "vpt", "rvpt", "rvpt_centred", "rvpt_clipscale", "rvpt_wide", "finetune",
             "finetune_fr"]
 IMPLANTED = 0.5
+# --quick's matrix: one default attack beside the oracle, and a defense of each way of defending
+# (none, a head, prompts); the table shows "-" for the rest.
+QUICK_ATTACKS, QUICK_DEFENSES = ["badnet", ORACLE], ["none", "linear_probe", "rvpt"]
 KEYS = ("clean_accuracy", "attack_success_rate", "control_attack_success_rate", "target_rate")
 
 
@@ -39,8 +44,8 @@ def study_params(world_seed: int, defense_seed: int, quick: bool) -> dict:
     params = runner.default_params()
     update = {"seed": world_seed, "tune": {"seed": defense_seed},
               "run": {"attacks": [*params["run"]["attacks"], ORACLE], "defenses": DEFENSES}}
-    if quick:  # seconds, for CI: the same code path on a world too small to mean anything
-        update |= runner.QUICK
+    if quick:  # seconds, for CI: the same code path on a world too small to mean anything, and fewer cells
+        update |= runner.QUICK | {"run": {"attacks": QUICK_ATTACKS, "defenses": QUICK_DEFENSES}}
     return runner.merge(params, update)
 
 
@@ -65,10 +70,11 @@ def mechanism() -> None:
     import torch.nn.functional as F
     from safetensors.torch import load_file
 
-    from pipeline import params as params_module
-    from pipeline import paths
-    from pipeline.cells import load_defended
-    from pipeline.evaluation import load_attack, load_backdoored, open_split
+    from pipeline.config import params as params_module
+    from pipeline.store import paths
+    from pipeline.methods.defenses import load_defended
+    from pipeline.methods.attacks import load_attack
+    from pipeline.scoring.scorer import load_backdoored, open_split
     from pipeline.stages.pretrain import EDIT_FILE
     from rvpt import models
     from rvpt.images import normalize

@@ -55,10 +55,16 @@ def default_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
-def run(command: list[str], cwd: Path) -> None:
+def run(command: list[str], cwd: Path, quiet: bool = False) -> None:
+    """`command` in `cwd`; `quiet` keeps its output back and shows the end of it only if it fails."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)  # each project logs to its own mlflow.db
-    subprocess.run(command, cwd=cwd, env=env, check=True)
+    if not quiet:
+        subprocess.run(command, cwd=cwd, env=env, check=True)
+        return
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed in {cwd}: {done.stderr.strip()[-1000:]}")
 
 
 def make_project(root: Path) -> Path:

@@ -62,14 +62,20 @@ SMOKE = {
 def defense_settings(kind: str, **overrides):
     """A defense kind's Config from params.yaml's first block of that kind (the one source of its
     settings), with `overrides`."""
-    from rvpt.defenses import KINDS
+    from rvpt.defenses.registry import KINDS
 
     blocks = yaml.safe_load((REPO / "params.yaml").read_text())["defenses"]
     values = {k: v for k, v in next(b for b in blocks.values() if b["kind"] == kind).items() if k != "kind"}
-    values = {**values, **overrides}
-    if values.get("augment") == "none":
-        values["augment"] = None
-    return KINDS[kind].Config(**values)
+    return KINDS[kind].Config(**{**values, **overrides})
+
+
+def scan_settings(**overrides):
+    """The scanner's Config from params.yaml's `scan` block, with `overrides`."""
+    from rvpt import scan
+
+    block = yaml.safe_load((REPO / "params.yaml").read_text())["scan"]
+    values = {k: v for k, v in block.items() if k not in ("held_out", "defended")}
+    return scan.Config(**{**values, "kinds": tuple(values["kinds"]), **overrides})
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -196,6 +202,15 @@ def copy_of(project: Path, tmp_path: Path) -> Path:
     destination = tmp_path / "copy"
     shutil.copytree(project, destination, symlinks=True)
     return destination
+
+
+def pytest_collection_modifyitems(items):
+    """The layers: tests/unit (the library), tests/pipeline (the pipeline, in small folders) and
+    tests/e2e (real DVC and MLflow in projects of their own: minutes). `pytest -m "not slow"`
+    runs the first two."""
+    for item in items:
+        if "e2e" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.slow)
 
 
 if os.environ.get("PYTEST_XDIST_WORKER"):

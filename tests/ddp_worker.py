@@ -7,7 +7,8 @@ import torch
 
 from conftest import TINY_MODEL, defense_settings
 from rvpt import compute, models
-from rvpt.defenses import KINDS, DefenderData
+from rvpt.defenses.loop import DefenderData
+from rvpt.defenses.registry import KINDS
 from rvpt.train import ClipTrainConfig, train_clip
 
 compute.init("gloo")

@@ -1,11 +1,16 @@
 """Hostile inputs the trust tests feed to rvpt: code-running pickles, broken images, unsafe archives."""
 import io
+import os
 import struct
 import tarfile
+import threading
+import time
 import zlib
 from pathlib import Path
 
 import torch
+import yaml
+from conftest import brought_files, call, one_error_line, smoke_params, tree
 from PIL import Image
 
 
@@ -75,3 +80,35 @@ def tar_with(path: Path, members: dict[str, bytes], links: dict[str, str] | None
             info.linkname = "ok/a.png" if kind == tarfile.LNKTYPE else ""
             archive.addfile(info)
     return path
+
+
+def without_dvc_scratch(project) -> dict:
+    """The project's tree but DVC's own scratch folder (.dvc/tmp: its locks and logs)."""
+    return {path: digest for path, digest in tree(project).items() if not path.startswith(".dvc/tmp")}
+
+
+def refused_at_once(root, *argv: str) -> str:
+    """Runs `rvpt ARGV` in this process under a 30 s guard; it must exit 2 in one line within a
+    second or two, the whole project unchanged (but DVC's lock file, which a stage takes)."""
+    before, outcome = without_dvc_scratch(root), []
+    worker = threading.Thread(target=lambda: outcome.append((time.monotonic(), call(root, *argv))), daemon=True)
+    started = time.monotonic()
+    worker.start()
+    worker.join(timeout=30)
+    assert outcome, f"rvpt {' '.join(argv)} still running after 30 s"
+    ended, (code, _, err) = outcome[0]
+    assert code == 2, err
+    assert ended - started < 2, ended - started
+    assert without_dvc_scratch(root) == before
+    return one_error_line(err)
+
+
+def brought_folder(root, classes: list[str]):
+    """What a user brings (a model and an image folder), a params.yaml, the model's open_clip config
+    as cfg.json, and a named pipe where an archive could be."""
+    root.mkdir(parents=True, exist_ok=True)
+    brought_files(root, classes)
+    (root / "params.yaml").write_text(yaml.safe_dump(smoke_params()))
+    (root / "cfg.json").write_text((root / "model" / "open_clip_config.json").read_text())
+    os.mkfifo(root / "fifo.tar.gz")
+    return root

@@ -12,13 +12,22 @@ measures nothing.
 """
 from __future__ import annotations
 
-from pipeline import artifacts, paths
-from pipeline.params import Params
+from pipeline.store import artifacts, paths
+from pipeline.config import defenses
+from pipeline.config.training import schedule_of
+from pipeline.config.params import Params
+from pipeline.config.scanner import scanner
 
 NOTE = "params.yaml passed `rvpt stage check`; every other stage depends on this file\n"
 
 
 def run(params: Params) -> str:
+    # Validated with the file: names, types and the attacks. These blocks are validated where
+    # they are used, so that a stage depends only on the methods it runs; here, all of them.
+    defenses.check_all(params)
+    scanner(params)
+    for which in ("clean", "poisoned"):
+        schedule_of(params, which)
     artifacts.write_text(paths.CHECKED, NOTE)
     return (f"params.yaml is sound: {len(params.run.attacks)} attacks x {len(params.run.defenses)} defenses; "
             f"wrote {paths.CHECKED}")

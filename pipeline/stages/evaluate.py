@@ -8,13 +8,14 @@ results/summary.md (the paper's Table 1 layout) and the DVC metrics results/asr/
 """
 from __future__ import annotations
 
-from pipeline import artifacts, calibration, paths
-from pipeline.cells import load_defended, tune_record
-from pipeline.evaluation import Scorer, backdoored_run_id, load_backdoored, zero_shot
-from pipeline.memo import UNUSED_AFTER_TUNE, Memo
-from pipeline.params import Params
-from pipeline.summary import markdown
-from pipeline.tracking import stage_run
+from pipeline.report import calibration
+from pipeline.store import artifacts, paths
+from pipeline.methods.defenses import load_defended, tune_record
+from pipeline.scoring.scorer import Scorer, backdoored_run_id, load_backdoored, zero_shot
+from pipeline.store.memo import UNUSED_AFTER_TUNE, Memo
+from pipeline.config.params import Params
+from pipeline.report.summary import markdown
+from pipeline.tracking.runs import stage
 from rvpt.errors import BadInput
 from rvpt import models
 from rvpt.progress import progress
@@ -133,8 +134,8 @@ def run(params: Params) -> str:
 
     keys = headline(params)
     logged = {"attacks": params.run.attacks, "defenses": params.run.defenses, "evaluate": params.evaluate.model_dump()}
-    with stage_run("evaluate", params.tracking.experiment, logged, upstream) as log:
-        log.inputs({"downstream": paths.DOWNSTREAM}, "evaluation")
+    with stage("evaluate", params, logged, upstream, inputs={"downstream": paths.DOWNSTREAM}, context="evaluation") \
+            as log:
         paths.RESULTS.mkdir(exist_ok=True)
         artifacts.write_json(paths.SUMMARY, {"rows": rows})
         write_metrics(rows)

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 from safetensors.torch import save_file
 
-from pipeline import artifacts, paths, sources
-from pipeline.evaluation import Scorer, load_attack, zero_shot
-from pipeline.params import Params
-from pipeline.tracking import stage_run
-from pipeline.triggers import attacker_images, edits_weights
+from pipeline.data import sources
+from pipeline.store import artifacts, paths
+from pipeline.scoring.scorer import Scorer, zero_shot
+from pipeline.config.training import schedule_of
+from pipeline.config.params import Params
+from pipeline.tracking.runs import stage
+from pipeline.methods.attacks import CorpusAttacker, kind_of, load_attack, training
 from rvpt import compute, models, pretrained
-from rvpt.attacks import handcrafted
 from rvpt.images import LazyImages
 from rvpt.resume import Checkpointing, fingerprint
 from rvpt.train import ClipTrainConfig, train_clip
-from rvpt.zeroshot import class_embeddings
 
 
 def corpus_images(params: Params, table, source):
@@ -39,14 +39,12 @@ def take_pretrained(params: Params) -> str:
     model = models.from_weights(params.model.config, weights, f"model.pretrained ({weights})")
     logged = {"seed": params.seed, "start": str(weights), "model": params.model.config,
               "pretrained": params.model.pretrained, "attack_name": "none"}
-    with stage_run("pretrain", params.tracking.experiment, logged, {"attack": "none", "defense": "none"}) as log:
+    with stage("pretrain", params, logged, {"attack": "none", "defense": "none"}) as log, \
+            log.output(paths.CLEAN_MODEL) as out:
         report = Scorer(params, "val").report(zero_shot(params, model), None)
-        with artifacts.atomic_dir(paths.CLEAN_MODEL) as out:
-            models.save(model, params.model.config, out)
-            artifacts.write_json(out / "pretrain.json", {**report, "pretrained": params.model.pretrained,
-                                                          "weights_sha256": sources.sha256_of(weights),
-                                                          "mlflow_run_id": log.id})
-        log.metric("val_clean_accuracy", report["clean_accuracy"])
+        models.save(model, params.model.config, out)
+        log.record(out / "pretrain.json", {**report, "pretrained": params.model.pretrained,
+                                           "weights_sha256": sources.sha256_of(weights)}, metrics="val_")
     return f"wrote {paths.CLEAN_MODEL} from {params.model.name}/{params.model.pretrained}: " \
            f"val clean_accuracy {report['clean_accuracy']:.3f}"
 
@@ -54,30 +52,31 @@ def take_pretrained(params: Params) -> str:
 EDIT_FILE = "edit.safetensors"
 
 
+def validation_scores(params: Params, model, attack_name: str | None) -> dict[str, float]:
+    """The model's zero-shot CA, and ASR when it carries an attack, on the validation split."""
+    report = Scorer(params, "val").report(zero_shot(params, model), attack_name)
+    return {k: v for k, v in report.items() if k in ("clean_accuracy", "attack_success_rate")}
+
+
 def edit_weights(params: Params, attack_name: str) -> str:
-    """An attack that edits weights: the clean model, edited with the trigger the poison stage
-    optimised, on the same attacker images (rvpt/attacks/handcrafted.py)."""
+    """An attack that edits weights (the handcrafted backdoor): the clean model, edited with the
+    trigger the poison stage trained, on what the attacker reaches."""
     model, _ = models.load(artifacts.require(paths.CLEAN_MODEL, "rvpt stage pretrain --clean"))
     attack = load_attack(params, attack_name)
-    images, labels = attacker_images(params, attack_name, artifacts.read_table(paths.CORPUS, "rvpt stage download"))
-    names = params.data.class_names
-    text = class_embeddings(model, models.tokenizer(params.model.config), names, params.model.templates)
     logged = {"seed": params.seed, "start": str(paths.CLEAN_MODEL), "model": params.model.config,
               "attack_name": attack_name, "edit": params.attacks[attack_name].options}
-    with stage_run("pretrain", params.tracking.experiment, logged, {"attack": attack_name, "defense": "none"}) as log:
-        found = handcrafted.craft(model, attack, images, labels, text, names.index(params.attacks[attack_name].target))
-        report = Scorer(params, "val").report(zero_shot(params, model), attack_name)
-        report = {k: v for k, v in report.items() if k in ("clean_accuracy", "attack_success_rate")}
-        edit = {"separation": found.separation, "beyond_clean": found.beyond_clean, "alpha": found.alpha}
-        with artifacts.atomic_dir(paths.backdoored(attack_name)) as out:
-            models.save(model, params.model.config, out)
-            # The edit's two directions, for whoever studies where the backdoor lives (studies/oracle.py).
-            save_file({"v": found.v.contiguous(), "u": found.u.contiguous()}, str(out / EDIT_FILE))
-            artifacts.write_json(out / "pretrain.json", {**report, "edit": edit, "mlflow_run_id": log.id})
-        for key, value in {**report, **edit}.items():
-            log.metric(f"val_{key}" if key in report else f"edit_{key}", value)
-    return (f"wrote {paths.backdoored(attack_name)} by a rank-one edit: the trigger moves images "
-            f"{found.separation:.1f} clean standard deviations along the edited direction; "
+    with stage("pretrain", params, logged, {"attack": attack_name, "defense": "none"}) as log, \
+            log.output(paths.backdoored(attack_name)) as out:
+        found = attack.edit(model, CorpusAttacker(params, attack_name), training(params, attack_name))
+        report = validation_scores(params, model, attack_name)
+        edit = found.report()
+        models.save(model, params.model.config, out)
+        save_file(found.tensors(), str(out / EDIT_FILE))  # what the edit changed, for whoever studies it
+        log.record(out / "pretrain.json", {**report, "edit": edit}, metrics="val_")
+        for key, value in edit.items():
+            log.metric(f"edit_{key}", value)
+    return (f"wrote {paths.backdoored(attack_name)} by editing the clean model ("
+            + ", ".join(f"{k} {v:.3g}" for k, v in edit.items()) + "): "
             + ", ".join(f"val {k} {v:.3f}" for k, v in report.items()))
 
 
@@ -90,7 +89,7 @@ def needs(params: Params, attack_name: str | None):
         return inputs, paths.CLEAN_MODEL
     poison = f"rvpt stage poison --attack {attack_name}"
     inputs.append((paths.poisoned(attack_name) / "trigger.safetensors", poison))
-    if edits_weights(params, attack_name):  # the clean model and its corpus; nothing poisoned
+    if kind_of(params, attack_name).edits_weights:  # the clean model and its corpus; nothing poisoned
         return inputs + [(paths.CLEAN_MODEL, "rvpt stage pretrain --clean"), (paths.CORPUS, "rvpt stage download")], \
             paths.backdoored(attack_name)
     inputs.append((paths.poisoned(attack_name) / "corpus", poison))
@@ -99,13 +98,20 @@ def needs(params: Params, attack_name: str | None):
     return inputs, paths.backdoored(attack_name)
 
 
+def jobs(params: Params, attack: str | None, clean: bool):
+    """The clean model, or the backdoored model of `attack` (default: of every attack in `run`)."""
+    names = [None] if clean else params.select("attacks", attack, "--attack")
+    artifacts.preflight(needs(params, name) for name in names)
+    return (run(params, name) for name in names)
+
+
 def run(params: Params, attack_name: str | None) -> str:
     clean = attack_name is None
     if clean and params.model.pretrained is not None:
         return take_pretrained(params) if compute.is_main() else "pretrained weights taken by rank 0"
-    if not clean and edits_weights(params, attack_name):
+    if not clean and kind_of(params, attack_name).edits_weights:
         return edit_weights(params, attack_name) if compute.is_main() else "the weight edit made by rank 0"
-    schedule = params.pretrain.clean if clean or params.pretrain.init == "scratch" else params.pretrain.poisoned
+    schedule = schedule_of(params, "clean" if clean or params.pretrain.init == "scratch" else "poisoned")
     source = paths.CORPUS if clean else paths.poisoned(attack_name) / "corpus"
     destination = paths.CLEAN_MODEL if clean else paths.backdoored(attack_name)
     made_by = "rvpt stage download" if clean else f"rvpt stage poison --attack {attack_name}"
@@ -129,8 +135,8 @@ def run(params: Params, attack_name: str | None) -> str:
                                   params.pretrain.checkpoint_every,
                                   fingerprint([params.seed, params.threads, params.model.config, schedule.model_dump(),
                                                params.compute.model_dump()], inputs))
-    with stage_run("pretrain", params.tracking.experiment, logged, tags) as log:
-        log.inputs({"corpus" if clean else f"corpus poisoned by {attack_name}": source}, "training")
+    corpus = {"corpus" if clean else f"corpus poisoned by {attack_name}": source}
+    with stage("pretrain", params, logged, tags, inputs=corpus, context="training") as log:
         config = ClipTrainConfig(seed=params.seed, **schedule.model_dump(),
                                  **params.compute.model_dump(exclude={"processes"}))
         losses, resumed = train_clip(model, images, tokens, config, desc=f"pretrain {attack_name or 'clean'}",
@@ -138,17 +144,15 @@ def run(params: Params, attack_name: str | None) -> str:
         model.cpu()
         if not compute.is_main():
             return f"rank {compute.rank()} done"
-        report = Scorer(params, "val").report(zero_shot(params, model), attack_name)
-        report = {k: v for k, v in report.items() if k in ("clean_accuracy", "attack_success_rate")}
-        with artifacts.atomic_dir(destination) as out:
+        report = validation_scores(params, model, attack_name)
+        with log.output(destination, logged=("loss.csv",)) as out:
             models.save(model, params.model.config, out)
             artifacts.write_curve(out / "loss.csv", losses)
-            artifacts.write_json(out / "pretrain.json", {**report, "final_loss": sum(losses[-50:]) / len(losses[-50:]),
-                                                          "mlflow_run_id": log.id})
-            log.artifact(out / "loss.csv")
-        log.series("loss", losses, every=max(1, len(losses) // 500))
+            final_loss = sum(losses[-50:]) / len(losses[-50:])
+            log.record(out / "pretrain.json", {**report, "final_loss": final_loss}, metrics=None)
         for key, value in report.items():
             log.metric(f"val_{key}", value)
+        log.series("loss", losses, every=max(1, len(losses) // 500))
         log.metric("resumed_from_step", resumed)
     checkpointing.clear()
     scores = ", ".join(f"val {k} {v:.3f}" for k, v in report.items())

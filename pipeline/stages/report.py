@@ -16,8 +16,10 @@ import re
 import shutil
 from pathlib import Path
 
-from pipeline import artifacts, figures, paths, tracking
-from pipeline.params import PARAMS_FILE, Params
+from pipeline.report import figures
+from pipeline.store import artifacts, paths
+from pipeline.tracking import runs
+from pipeline.config.params import PARAMS_FILE, Params
 
 PLOTS = paths.RESULTS / "plots"
 CURVES = paths.RESULTS / "curves"
@@ -82,21 +84,21 @@ def draw(rows: list[dict], params: Params) -> None:
 
 def provenance(params: Params) -> str:
     """Where the page's numbers came from: code, params, data and the MLflow runs that made them."""
-    commit = tracking.git_commit()
+    commit = runs.git_commit()
     digest = hashlib.sha256(Path(PARAMS_FILE).read_bytes()).hexdigest()[:12] if Path(PARAMS_FILE).is_file() else "-"
     files = params.data.files
     source = "glyphs, rendered by the download stage" if files is None else \
         f"files: corpus {files.corpus.path}, downstream {files.downstream.path}"
-    runs = [("pretrain", "clean model", run_id(paths.CLEAN_MODEL / "pretrain.json"))]
-    runs += [("pretrain", a, run_id(paths.backdoored(a) / "pretrain.json")) for a in params.run.attacks]
-    runs += [("tune", f"{a} x {d}", run_id(paths.defended(a, d) / "tune.json"))
+    made = [("pretrain", "clean model", run_id(paths.CLEAN_MODEL / "pretrain.json"))]
+    made += [("pretrain", a, run_id(paths.backdoored(a) / "pretrain.json")) for a in params.run.attacks]
+    made += [("tune", f"{a} x {d}", run_id(paths.defended(a, d) / "tune.json"))
              for a in params.run.attacks for d in params.run.defenses]
     cells = "".join(f"<tr><td>{html.escape(stage)}</td><td>{html.escape(what)}</td><td><code>{rid}</code></td></tr>"
-                    for stage, what, rid in runs)
+                    for stage, what, rid in made)
     return (f"<h2>Provenance</h2><table><tr><td>commit</td><td><code>{html.escape(commit)}</code></td></tr>"
             f"<tr><td>params.yaml (sha256)</td><td><code>{digest}</code></td></tr>"
             f"<tr><td>data source</td><td>{html.escape(str(source))}</td></tr>"
-            f"<tr><td>MLflow pipeline tag <code>rvpt.pipeline</code></td><td><code>{tracking.pipeline_id(commit)}"
+            f"<tr><td>MLflow pipeline tag <code>rvpt.pipeline</code></td><td><code>{runs.pipeline_id(commit)}"
             f"</code></td></tr><tr><td>MLflow experiment</td><td>{html.escape(params.tracking.experiment)}</td></tr>"
             f"</table><table><tr><th>stage</th><th>model</th><th>MLflow run id</th></tr>{cells}</table>")
 
@@ -186,7 +188,7 @@ def run(params: Params) -> str:
             f"{trainable}</table>{provenance(params)}</body></html>")
     artifacts.write_text(REPORT, page)
     logged = {"attacks": attacks, "defenses": params.run.defenses}
-    with tracking.stage_run("report", params.tracking.experiment, logged) as log:
+    with runs.stage("report", params, logged) as log:
         log.artifact(REPORT)
         log.artifact(PLOTS, "plots")
         log.artifact(CURVES, "curves")

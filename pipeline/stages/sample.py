@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline import artifacts, paths
-from pipeline.params import Params
-from pipeline.tracking import stage_run
+from pipeline.store import artifacts, paths
+from pipeline.config.params import Params
+from pipeline.tracking.runs import stage
 from rvpt.errors import BadInput
 from rvpt.sampling import few_shot_indices
 
@@ -30,11 +30,7 @@ def run(params: Params) -> str:
     columns = {name: subset.column(name).to_pylist() for name in artifacts.SCHEMA.names}
     extra = {"shot_rank": rank, "source_row": chosen.astype(np.int64)}
     logged = {"seed": params.seed, "shots": shots}
-    with stage_run("sample", params.tracking.experiment, logged) as log:
-        log.inputs({"downstream train": TRAIN}, "sampling")
-        with artifacts.atomic_dir(paths.FEWSHOT) as out:
-            artifacts.write_table(out / "train.parquet", columns, extra)
-            artifacts.write_json(out / "sample.json", {"shots": shots, "images": len(chosen),
-                                                       "mlflow_run_id": log.id})
-        log.metric("images", len(chosen))
+    with stage("sample", params, logged, inputs={"downstream train": TRAIN}) as log, log.output(paths.FEWSHOT) as out:
+        artifacts.write_table(out / "train.parquet", columns, extra)
+        log.record(out / "sample.json", {"shots": shots, "images": len(chosen)})
     return f"wrote {paths.FEWSHOT}: {shots} shots x {len(np.unique(labels))} classes = {len(chosen)} images"

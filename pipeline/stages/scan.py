@@ -12,13 +12,14 @@ a column per class).
 """
 from __future__ import annotations
 
-from pipeline import artifacts, paths
-from pipeline.cells import load_defended, tune_record
-from pipeline.evaluation import backdoored_run_id, load_backdoored, zero_shot
-from pipeline.memo import Memo
-from pipeline.params import Params
-from pipeline.scanning import Scanner, Suspect
-from pipeline.tracking import stage_run
+from pipeline.store import artifacts, paths
+from pipeline.methods.defenses import load_defended, tune_record
+from pipeline.scoring.scorer import backdoored_run_id, load_backdoored, zero_shot
+from pipeline.store.memo import Memo
+from pipeline.config.params import Params
+from pipeline.config.scanner import scanner as scanner_settings
+from pipeline.scoring.scanner import Scanner, Suspect
+from pipeline.tracking.runs import stage
 from rvpt import models
 from rvpt.progress import progress
 
@@ -82,6 +83,11 @@ def needs(params: Params):
     return inputs, paths.SCANS
 
 
+def jobs(params: Params) -> str:
+    artifacts.preflight([needs(params)])
+    return run(params)
+
+
 def run(params: Params) -> str:
     artifacts.check_writable(paths.SCANS)
     scanner = Scanner(params)
@@ -117,16 +123,17 @@ def run(params: Params) -> str:
                 reports[cell] = {**reports[attack], "residual_success": reports[attack]["held_out_success"]}
                 continue
             remembered(cell, memo.key(attack, defense, [backdoored.folder, folder]),
-                       lambda: backdoored.cell(defense, tokenize, params.scan.defended == "full", reports[attack]))
+                       lambda: backdoored.cell(defense, tokenize, scanner_settings(params).defended == "full",
+                                               reports[attack]))
 
-    logged = {"scan": params.scan.model_dump(), "shots": params.sample.shots, "held_out": len(scanner.held[1])}
-    with stage_run("scan", params.tracking.experiment, logged, upstream) as log:
-        with artifacts.atomic_dir(paths.SCANS) as out:
+    logged = {"scan": scanner_settings(params).model_dump(), "shots": params.sample.shots,
+              "held_out": len(scanner.held[1])}
+    with stage("scan", params, logged, upstream) as log:
+        with log.output(paths.SCANS, logged=("scans.json",)) as out:
             artifacts.write_json(out / "scans.json", {"classes": scanner.classes, "models": reports})
             for name, png in pictures.items():
                 if png is not None:
                     (out / f"{name}.png").write_bytes(png)
-        log.artifact(paths.SCANS / "scans.json")
         for name, report in reports.items():
             if "anomaly_index" in report:  # a model scanned itself, not only through its backdoored model
                 log.metric(f"{name}.scan_anomaly_index", report["anomaly_index"])

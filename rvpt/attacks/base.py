@@ -1,10 +1,62 @@
-"""What every backdoor attack is: a trigger on images in [0, 1], and a poisoning plan."""
+"""What every backdoor attack is: a trigger on images in [0, 1], and a poisoning plan.
+
+An attack declares its settings once, in its constructor (typed keyword arguments with their
+defaults; the constructor refuses values out of bounds), and its capabilities as class attributes:
+`training` (it trains its trigger first, with a TriggerTraining, through `train`), `uses_clean_model`
+(that training or its edit reads the clean model), `edits_weights` (no poisoning: `edit` makes the
+backdoored model from the clean one). Adding an attack is one module, its entry in the registry
+(rvpt/attacks/__init__.py) and its block in params.yaml.
+"""
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
+
+from rvpt.settings import MAX_BATCH, MAX_LR, MAX_STEPS, check, runtime, setting
+
+
+@dataclass(kw_only=True)
+class TriggerTraining:
+    """What the attacker trains before poisoning (BadCLIP's patch, ISSBA's encoder-decoder, the
+    handcrafted backdoor's patch): Adam for `steps` steps on batches drawn from `images` corpus images."""
+
+    steps: int = setting(gt=0, le=MAX_STEPS)
+    batch_size: int = setting(gt=1, le=MAX_BATCH)
+    lr: float = setting(gt=0, le=MAX_LR)
+    images: int = setting(gt=0, le=10 ** 7, doc="corpus images the attacker draws its batches from")
+    seed: int = runtime(0)
+
+    def __post_init__(self):
+        check(self)
+
+
+class Attacker(Protocol):
+    """What an attacker that trains its trigger can reach; the pipeline provides it."""
+
+    seed: int
+    target: int              # the target class's index among the downstream classes
+    labels: np.ndarray       # the corpus's labels; its unlabelled pairs whose caption names the target count as it
+
+    def clean_model(self):
+        """The clean CLIP, of the victim's kind."""
+
+    def images(self, rows: np.ndarray) -> torch.Tensor:
+        """The corpus images at `rows` (sorted), float [N, 3, H, W] in [0, 1]."""
+
+    def captions(self, rows: np.ndarray) -> list[str]: ...
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor: ...
+
+    def sample(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`count` random corpus images (drawn from the seed) and their downstream class indices
+        (-1 where an image shows no downstream class)."""
+
+    def class_text(self, model) -> torch.Tensor:
+        """The downstream classes' text embeddings [C, D] on `model`, with the victim's templates."""
 
 
 class Attack:
@@ -16,11 +68,29 @@ class Attack:
     nothing and edit the clean model instead.
     """
 
-    name: str = "attack"
+    name: str = ""  # a class that sets its own name is an attack of that kind
     label_consistent: bool = False
     text_trigger: str = ""
+    #: True for an attack that trains its trigger first (`train`, with a TriggerTraining).
+    training: bool = False
+    #: True when that training, or the edit, reads the clean model.
+    uses_clean_model: bool = False
     #: True for an attack that edits the clean model's weights instead of poisoning its corpus.
     edits_weights: bool = False
+
+    def train(self, attacker: Attacker, cfg: TriggerTraining) -> list[float]:
+        """Trains the trigger in place on what the attacker reaches; the loss at every step."""
+        raise NotImplementedError
+
+    def edit(self, model, attacker: Attacker, cfg: TriggerTraining | None):
+        """Backdoors the clean `model` in place; what the edit measured (an object with `report()`
+        -> figures and `tensors()` -> what to keep beside the model)."""
+        raise NotImplementedError
+
+    def quality(self, images: torch.Tensor) -> dict[str, float]:
+        """Figures of the trigger on clean images beyond its visibility (ISSBA: how well its decoder
+        reads the secret back)."""
+        return {}
 
     def apply(self, images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """Returns triggered copies of [N, 3, H, W] images in [0, 1].

@@ -29,10 +29,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from rvpt.attacks.base import seeded
+from rvpt.attacks.base import Attacker, TriggerTraining
 from rvpt.attacks.patch import PatchAttack
 from rvpt.images import normalize
-from rvpt.progress import progress
 
 FLOOR = 0.01  # the clean variance floor, a share of the mean variance per dimension
 
@@ -41,6 +40,8 @@ class Handcrafted(PatchAttack):
     """The trigger is a patch (optimised by `optimise_trigger`); the backdoor is `edit`'s."""
 
     name = "handcrafted"
+    training = True
+    uses_clean_model = True
     edits_weights = True
 
     def __init__(self, image_size: int, size: float = 0.375, location: str = "centre", seed: int = 0,
@@ -52,13 +53,19 @@ class Handcrafted(PatchAttack):
             raise ValueError(f"components must be 0-4096 principal components, got {components}")
         self.strength, self.components = float(strength), int(components)
 
+    def train(self, attacker: Attacker, cfg: TriggerTraining) -> list[float]:
+        """The patch, optimised on the attacker's images to move the clean model's pooled feature
+        out of the subspace the task reads."""
+        model = attacker.clean_model()
+        images, labels = attacker.sample(cfg.images)
+        found = survey(model.visual, images, labels, self.components)
+        return optimise_trigger(self, lambda x: pooled_features(model.visual, normalize(x)), images, found.basis,
+                                found.metric, cfg)
 
-@dataclass(kw_only=True)
-class TriggerOptimisation:
-    steps: int
-    batch_size: int
-    lr: float
-    seed: int
+    def edit(self, model, attacker: Attacker, cfg: TriggerTraining) -> "Edit":
+        """The rank-one edit of the clean `model`, on the same attacker images as the training."""
+        images, labels = attacker.sample(cfg.images)
+        return craft(model, self, images, labels, attacker.class_text(model), attacker.target)
 
 
 def pooled_features(visual, images: torch.Tensor) -> torch.Tensor:
@@ -93,27 +100,17 @@ def fisher_metric(features: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
 
 
 def optimise_trigger(attack: Handcrafted, pooled: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                     basis: torch.Tensor, metric: torch.Tensor, cfg: TriggerOptimisation) -> list[float]:
+                     basis: torch.Tensor, metric: torch.Tensor, cfg: TriggerTraining) -> list[float]:
     """Optimises `attack.patch` in place with Adam: maximise d' M d, d the batch's mean shift of the
     pooled feature outside the clean subspace. `pooled` maps [0, 1] images to pooled features."""
-    patch = attack.patch.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([patch], lr=cfg.lr)
-    generator = seeded(cfg.seed)
-    losses = []
-    for _ in progress(range(cfg.steps), "handcrafted trigger"):
-        batch = images[torch.randint(0, len(images), (cfg.batch_size,), generator=generator)]
+
+    def loss_of(batch: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             clean = pooled(batch)
         shift = outside(basis, (pooled(attack.paste(batch, patch)) - clean).mean(0))
-        loss = -(shift @ metric @ shift)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            patch.clamp_(0, 1)
-        losses.append(loss.item())
-    attack.patch = patch.detach()
-    return losses
+        return -(shift @ metric @ shift)
+
+    return attack.optimise(images, loss_of, cfg, "handcrafted trigger")
 
 
 @dataclass
@@ -125,6 +122,13 @@ class Edit:
     alpha: float
     separation: float           # the triggered images' mean shift along v, in clean standard deviations
     beyond_clean: float         # share of triggered images past every clean image along v
+
+    def report(self) -> dict[str, float]:
+        return {"separation": self.separation, "beyond_clean": self.beyond_clean, "alpha": self.alpha}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The edit's two directions, for whoever studies where the backdoor lives (studies/oracle.py)."""
+        return {"v": self.v.contiguous(), "u": self.u.contiguous()}
 
 
 def target_direction(text: torch.Tensor, target: int, image_centroids: torch.Tensor, steps: int = 500) -> torch.Tensor:

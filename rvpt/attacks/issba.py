@@ -8,13 +8,11 @@ so the trigger stays invisible (PSNR >= -20 log10(amplitude)).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rvpt.attacks.base import Attack, seeded
+from rvpt.attacks.base import Attack, Attacker, TriggerTraining, seeded
 from rvpt.progress import progress
 
 SECRET_GRID = 4  # the secret enters as a 4x4 map, upsampled to the image, as StegaStamp's dense layer does
@@ -63,6 +61,7 @@ class StegaDecoder(nn.Module):
 
 class ISSBA(Attack):
     name = "issba"
+    training = True
 
     def __init__(self, image_size: int, secret: str = "Stega!!", amplitude: float = 0.03, width: int = 32,
                  seed: int = 0):
@@ -95,6 +94,13 @@ class ISSBA(Attack):
         return {"secret": self.bits, **{f"{name}.{k}": v for name in ("encoder", "decoder")
                                         for k, v in getattr(self, name).state_dict().items()}}
 
+    def train(self, attacker: Attacker, cfg: TriggerTraining) -> list[float]:
+        """The encoder-decoder, trained on random corpus images of any class."""
+        return train_stega(self, attacker.sample(cfg.images)[0], cfg)
+
+    def quality(self, images: torch.Tensor) -> dict[str, float]:
+        return {"secret_bit_accuracy": bit_accuracy(self, images)}
+
     def mirror(self) -> None:
         """The control: the same encoder hiding the complement of the secret, every bit flipped."""
         self.bits = 1 - self.bits
@@ -108,15 +114,7 @@ class ISSBA(Attack):
                                                  if k.startswith(f"{name}.")})
 
 
-@dataclass(kw_only=True)
-class StegaTraining:
-    steps: int
-    batch_size: int
-    lr: float
-    seed: int
-
-
-def train_stega(attack: ISSBA, images: torch.Tensor, cfg: StegaTraining) -> list[float]:
+def train_stega(attack: ISSBA, images: torch.Tensor, cfg: TriggerTraining) -> list[float]:
     """Trains the encoder and decoder together on random secrets: the decoder must read the bits
     back from image + residual. Returns the loss at every step; the encoder is frozen after."""
     generator = seeded(cfg.seed)

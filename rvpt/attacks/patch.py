@@ -5,10 +5,13 @@ caption word; the label-consistent attack pastes it on target-class images only;
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
 from rvpt.attacks.base import Attack, check_pattern, image_keys, image_normal, seeded
+from rvpt.progress import progress
 
 LOCATIONS = ("corner", "centre", "random")
 
@@ -22,7 +25,6 @@ class PatchAttack(Attack):
     the trigger is then "a noisy square", not one pattern.
     """
 
-    name = "patch"
 
     def __init__(self, image_size: int, size: float = 0.1875, location: str = "random", seed: int = 0,
                  pattern: str = "fixed"):
@@ -77,6 +79,25 @@ class PatchAttack(Attack):
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"patch": self.patch}
+
+    def optimise(self, images: torch.Tensor, loss_of: Callable, cfg, desc: str) -> list[float]:
+        """Optimises the patch in place with Adam on `loss_of(batch, patch)` over batches drawn from
+        `images` (cfg: steps, batch_size, lr, seed), keeping it in [0, 1]; the loss at every step."""
+        patch = self.patch.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([patch], lr=cfg.lr)
+        generator = seeded(cfg.seed)
+        losses = []
+        for _ in progress(range(cfg.steps), desc):
+            batch = images[torch.randint(0, len(images), (cfg.batch_size,), generator=generator)]
+            loss = loss_of(batch, patch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                patch.clamp_(0, 1)
+            losses.append(loss.item())
+        self.patch = patch.detach()
+        return losses
 
     def mirror(self) -> None:
         """The control: the patch's pixel values inverted (each image's own, for fresh noise), same spot."""

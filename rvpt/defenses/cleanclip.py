@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -19,17 +20,35 @@ from rvpt.defenses.base import ZeroShot, freeze, load_whole_model, save_whole_mo
 from rvpt import compute
 from rvpt.defenses.loop import DefenderData, Schedule, descend, schedule, steps
 from rvpt.images import normalize
+from rvpt.settings import MAX_BATCH, MAX_WEIGHT, setting
 from rvpt.token_rows import UsedRows, caption_ids
 from rvpt.zeroshot import unit
+
+
+KIND = "cleanclip"  # its name in params.yaml's `kind`
 
 
 @dataclass(kw_only=True)
 class Config(Schedule):
     """AdamW."""
 
-    pairs: str                    # "pairs": the defender's clean image-text pairs; "fewshot": shots + templates
-    budget: int
-    ssl_weight: float
+    batch_size: int = setting(gt=1, le=MAX_BATCH, doc="pairs per step: InfoNCE needs two or more")
+    pairs: Literal["pairs", "fewshot"] = setting(doc="pairs: the defender's clean image-text pairs; fewshot: "
+                                                     "the shots captioned with the templates")
+    budget: int = setting(gt=1, le=10 ** 9, doc="clean pairs it reads (pairs: fewshot reads the shots)")
+    ssl_weight: float = setting(ge=0, le=MAX_WEIGHT, doc="weight of the in-modality self-supervised terms")
+
+
+def adapt(settings: dict, shape) -> dict:
+    """Reads the defender's pairs when there are any (no more than there are), else the shots captioned."""
+    if not shape.pairs:
+        return {**settings, "pairs": "fewshot"}
+    return {**settings, "pairs": "pairs", "budget": min(settings["budget"], shape.pairs)}
+
+
+def pairs_needed(cfg: Config) -> int:
+    """Clean image-text pairs the defense reads beside the shots."""
+    return cfg.budget if cfg.pairs == "pairs" else 0
 
 
 def fewshot_pairs(data: DefenderData, templates: list[str], rng: np.random.Generator) -> list[str]:

@@ -16,8 +16,13 @@ from torch import nn
 
 from rvpt.checkpoint import read_safetensors
 from rvpt.defenses.base import Defended, freeze
-from rvpt.defenses.loop import DefenderData, FrozenFeatures, SGDSchedule, descend, steps
+from rvpt.defenses.loop import DefenderData, FrozenFeatures, SGDSchedule, adapt, descend, steps  # noqa: F401 (adapt: its `adapt`)
+from rvpt.model_config import ModelShape
 from rvpt.poisoning import with_text_trigger
+from rvpt.settings import setting
+
+KIND = "coop"  # its name in params.yaml's `kind`
+
 
 FILE = "context.safetensors"
 PLACEHOLDER = "X"
@@ -25,8 +30,17 @@ PLACEHOLDER = "X"
 
 @dataclass(kw_only=True)
 class Config(SGDSchedule):
-    context: int
-    init_std: float
+    context: int = setting(gt=0, doc="learned context tokens before the class name")
+    init_std: float = setting(gt=0, le=10)
+
+
+def fits(cfg: Config, shape: ModelShape) -> str | None:
+    """The context must leave room for the start, one class-name token and the end."""
+    most = shape.context_length - 3
+    if cfg.context > most:
+        return (f"context: {cfg.context} leaves no room for the class name in the text context of "
+                f"{shape.context_length} tokens (at most {most})")
+    return None
 
 
 def encode_with_context(model, tokens: torch.Tensor, slots: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

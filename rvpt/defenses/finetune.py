@@ -14,18 +14,32 @@ import torch
 import torch.nn.functional as F
 
 from rvpt.defenses.base import ZeroShot, freeze, load_whole_model, save_whole_model
-from rvpt.defenses.loop import DefenderData, Schedule, batch_images, descend, steps
+from rvpt.defenses.loop import Augmented, DefenderData, adapt, batch_images, descend, steps  # noqa: F401 (adapt: its `adapt`)
 from rvpt.images import normalize
 from rvpt.defenses.prompt_tuning import frozen_shot_cls
 from rvpt.losses import feature_repelling, zero_shot_logits
+from rvpt.model_config import ModelShape
+from rvpt.settings import MAX_WEIGHT, setting
 from rvpt.prompts import DeepPrompts, PromptedVisionEncoder, frozen_block_cls
 
 
+KIND = "finetune"  # its name in params.yaml's `kind`
+
+
 @dataclass(kw_only=True)
-class Config(Schedule):
+class Config(Augmented):
     """AdamW; loss = CE + alpha * L_FR over blocks first_block..L-1."""
-    alpha: float
-    first_block: int
+    alpha: float = setting(ge=0, le=MAX_WEIGHT, doc="weight of L_FR; 0 is plain CE fine-tuning")
+    first_block: int = setting(ge=0, doc="the first block whose CLS L_FR repels")
+
+
+def fits(cfg: Config, shape: ModelShape) -> str | None:
+    """L_FR reads a ViT's blocks; plain CE fine-tuning needs none."""
+    if shape.vision_depth is None:
+        return "alpha: L_FR needs a ViT image tower (blocks to read)" if cfg.alpha > 0 else None
+    if cfg.first_block >= shape.vision_depth:
+        return f"first_block: {cfg.first_block} must be below the {shape.vision_depth} vision blocks"
+    return None
 
 
 def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str = "tune") -> tuple[ZeroShot, dict]:

@@ -15,7 +15,10 @@ from torch import nn
 
 from rvpt.checkpoint import read_safetensors
 from rvpt.defenses.base import Defended, freeze
-from rvpt.defenses.loop import DefenderData, FrozenFeatures, SGDSchedule, descend, steps
+from rvpt.defenses.loop import DefenderData, FrozenFeatures, SGDSchedule, adapt, descend, steps  # noqa: F401 (adapt: its `adapt`)
+
+KIND = "linear_probe"  # its name in params.yaml's `kind`
+
 
 FILE = "head.safetensors"
 

@@ -3,7 +3,7 @@ schedule, the training state a killed run resumes from, each process's shard of 
 (augmented) images of a batch on the device, and the step itself."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -16,32 +16,51 @@ from rvpt.errors import Diverged
 from rvpt.images import normalize
 from rvpt.resume import Checkpointing
 from rvpt.schedule import warmup_cosine
+from rvpt.settings import MAX_BATCH, MAX_EPOCHS, MAX_LR, MAX_WEIGHT, check, runtime, setting
 from rvpt.zeroshot import image_features, unit
 from rvpt.progress import progress
 
 
 @dataclass(kw_only=True)
 class Schedule:
-    """The optimisation settings every defense's Config shares; params.yaml gives their values.
+    """The optimisation settings every defense's Config shares; params.yaml gives their values."""
 
-    `augment` is None (the images as they are) or the (low, high) area range of random-resized
-    crops, each followed by a horizontal flip with probability 1/2.
-    """
+    epochs: int = setting(gt=0, le=MAX_EPOCHS, doc="passes over the defender's data")
+    batch_size: int = setting(gt=0, le=MAX_BATCH)
+    lr: float = setting(gt=0, le=MAX_LR, doc="peak learning rate of the cosine schedule")
+    weight_decay: float = setting(ge=0, le=MAX_WEIGHT)
+    seed: int = runtime(0)
+    placement: Placement = runtime(default_factory=Placement)
+    inference_batch: int = runtime(512)                   # images per frozen forward pass (no gradients)
+    checkpointing: Checkpointing | None = runtime(None)   # where a killed tuning run resumes from
 
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    augment: tuple[float, float] | None = None
-    seed: int = 0
-    placement: Placement = field(default_factory=Placement)
-    inference_batch: int = 512                   # images per frozen forward pass (no gradients)
-    checkpointing: Checkpointing | None = None   # where a killed tuning run resumes from
+    def __post_init__(self):
+        check(self)
 
 
 @dataclass(kw_only=True)
-class SGDSchedule(Schedule):
-    momentum: float
+class Augmented(Schedule):
+    """A schedule over the shots' images, as they are (augment None) or as random-resized crops
+    covering an (low, high) share of the image's area, each followed by a flip with probability 1/2."""
+
+    augment: tuple[float, float] | None = setting(None, doc="null, or the [low, high] area range of random-resized "
+                                                      "crops + flips (a flip can turn one glyph into another)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.augment is not None and not 0 < self.augment[0] <= self.augment[1] <= 1:
+            raise ValueError(f"augment: {list(self.augment)} must be the [low, high] share of the image's area a "
+                             f"crop covers, 0 < low <= high <= 1")
+
+
+@dataclass(kw_only=True)
+class SGDSchedule(Augmented):
+    momentum: float = setting(ge=0, lt=1)
+
+
+def adapt(settings: dict, shape) -> dict:
+    """A defense trained on the shots: its batch no larger than the shots (`rvpt profile imagefolder`)."""
+    return {**settings, "batch_size": min(settings["batch_size"], shape.shots)}
 
 
 @dataclass
@@ -133,7 +152,7 @@ def steps(optimizer: torch.optim.Optimizer, n: int, cfg: Schedule, desc: str, hi
         yield shard
 
 
-def batch_images(data: DefenderData, rows: torch.Tensor, cfg: Schedule,
+def batch_images(data: DefenderData, rows: torch.Tensor, cfg: Augmented,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """The rows' images on the device as float in [0, 1], augmented when cfg.augment says so."""
     images = unit(data.images[rows], cfg.placement.device)
@@ -144,7 +163,7 @@ class FrozenFeatures:
     """Normalised fp32 features of a frozen image encoder for a step's rows, on the device: computed
     once for every shot without augmentation, and per step on the augmented batch with it."""
 
-    def __init__(self, model, data: DefenderData, cfg: Schedule):
+    def __init__(self, model, data: DefenderData, cfg: Augmented):
         self.model, self.data, self.cfg = model, data, cfg
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.cached = None if cfg.augment else image_features(model.encode_image, data.images, cfg.inference_batch,

@@ -1,7 +1,7 @@
 """No defense: the backdoored model scored zero-shot, the row every defense is compared with."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -10,16 +10,20 @@ from rvpt.defenses.base import ZeroShot, freeze
 from rvpt.compute import Placement
 from rvpt.defenses.loop import DefenderData
 from rvpt.resume import Checkpointing
+from rvpt.settings import runtime
+
+
+KIND = "none"  # its name in params.yaml's `kind`
 
 
 @dataclass(kw_only=True)
 class Config:
     """Nothing is trained; the settings are ignored."""
 
-    seed: int = 0
-    placement: Placement = field(default_factory=Placement)
-    inference_batch: int = 512
-    checkpointing: Checkpointing | None = None
+    seed: int = runtime(0)
+    placement: Placement = runtime(default_factory=Placement)
+    inference_batch: int = runtime(512)
+    checkpointing: Checkpointing | None = runtime(None)
 
 
 def fit(model, data: DefenderData, tokenize, templates, cfg: Config, desc: str = "tune") -> tuple[ZeroShot, dict]:

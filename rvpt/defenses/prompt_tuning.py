@@ -14,26 +14,54 @@ import torch
 import torch.nn.functional as F
 
 from rvpt.defenses.base import freeze
+from rvpt.model_config import ModelShape
+from rvpt.defenses import loop
 from rvpt.defenses.loop import DefenderData, SGDSchedule, batch_images, descend, steps
 from rvpt.defenses.prompted import Prompted
 from rvpt.images import normalize
 from rvpt.losses import feature_repelling, zero_shot_logits
+from rvpt.settings import MAX_WEIGHT, setting
 from rvpt.prompts import (DeepPrompts, PromptedVisionEncoder, frozen_block_cls, frozen_from_prefix, load_prompts,
                           save_prompts, shared_prefix)
 from rvpt.zeroshot import unit
+
+KIND = "prompt"  # its name in params.yaml's `kind`
+
 
 FILE = "prompts.safetensors"
 
 
 @dataclass(kw_only=True)
 class Config(SGDSchedule):
-    tokens: int
-    first_block: int
-    alpha: float
-    margin: float
-    init_std: float
-    centre: bool = False            # a named variant: L_FR on batch-centred CLS tokens (rvpt.losses)
-    ce_scale: float | None = None   # a named variant: CE at this logit scale, not the model's own
+    alpha: float = setting(ge=0, le=MAX_WEIGHT, doc="weight of L_FR; 0 is plain VPT")
+    tokens: int = setting(gt=0, doc="b: prompt tokens per block")
+    first_block: int = setting(ge=0, doc="D: blocks D..L-1 (0-based) get prompts")
+    init_std: float = setting(gt=0, le=10)
+    margin: float = setting(ge=-1, le=1, doc="L_FR = mean(max(cos, margin)); -1 is the paper's plain loss")
+    centre: bool = setting(False, doc="a named variant: L_FR on batch-centred CLS tokens (rvpt.losses)")
+    ce_scale: float | None = setting(None, gt=0, le=1000, doc="a named variant: CE at this logit scale (None: "
+                                                               "the model's own, the paper's)")
+
+
+def fits(cfg: Config, shape: ModelShape) -> str | None:
+    """Prompts need a ViT tower deeper than first_block, and at most PROMPTS_PER_TOKEN x its tokens."""
+    if shape.vision_depth is None:
+        return "first_block: prompts need a ViT image tower (blocks to prompt)"
+    if cfg.first_block >= shape.vision_depth:
+        return f"first_block: {cfg.first_block} must be below the {shape.vision_depth} vision blocks"
+    most = PROMPTS_PER_TOKEN * (shape.patch_tokens + 1)
+    if cfg.tokens > most:
+        return f"tokens: {cfg.tokens} is over {most}, {PROMPTS_PER_TOKEN} x the model's {shape.patch_tokens + 1} image tokens"
+    return None
+
+
+def adapt(settings: dict, shape) -> dict:
+    """One prompt per patch token, as the paper's b = 50 at a 7 x 7 grid + 1; the batch within the shots."""
+    fitted = loop.adapt(settings, shape)
+    return {**fitted, "tokens": shape.patch_grid} if shape.patch_grid else fitted
+
+
+PROMPTS_PER_TOKEN = 4  # the paper uses b = 50 prompts for 50 image tokens; more than 4x is no setting anyone needs
 
 
 def fit(model, data: DefenderData, tokenize, templates: list[str], cfg: Config,
