@@ -49,9 +49,10 @@ def launched_by_torchrun() -> bool:
 
 
 def init(device: str = "auto") -> None:
-    """Joins the process group torchrun set up; a no-op for a single process. Tensors that are
-    reduced live on the device the processes train on: nccl for CUDA, gloo for the CPU."""
-    if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+    """Joins the process group torchrun set up (one process too: DDP's code path on one device);
+    a no-op outside torchrun. Tensors that are reduced live on the device the processes train on:
+    nccl for CUDA, gloo for the CPU."""
+    if launched_by_torchrun() and not dist.is_initialized():
         cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))

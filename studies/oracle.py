@@ -40,23 +40,24 @@ QUICK_ATTACKS, QUICK_DEFENSES = ["badnet", ORACLE], ["none", "linear_probe", "rv
 KEYS = ("clean_accuracy", "attack_success_rate", "control_attack_success_rate", "target_rate")
 
 
-def study_params(world_seed: int, defense_seed: int, quick: bool) -> dict:
+def study_params(world_seed: int, defense_seed: int, quick: bool, attacks: list[str] | None = None) -> dict:
     params = runner.default_params()
     update = {"seed": world_seed, "tune": {"seed": defense_seed},
-              "run": {"attacks": [*params["run"]["attacks"], ORACLE], "defenses": DEFENSES}}
+              "run": {"attacks": attacks or [*params["run"]["attacks"], ORACLE], "defenses": DEFENSES}}
     if quick:  # seconds, for CI: the same code path on a world too small to mean anything, and fewer cells
         update |= runner.QUICK | {"run": {"attacks": QUICK_ATTACKS, "defenses": QUICK_DEFENSES}}
     return runner.merge(params, update)
 
 
-def run(folder: Path, world_seeds: list[int], defense_seeds: list[int], quick: bool) -> None:
+def run(folder: Path, world_seeds: list[int], defense_seeds: list[int], quick: bool,
+        attacks: list[str] | None = None) -> None:
     for world in world_seeds:
         project = runner.make_project(folder / f"world-{world}")
         for defense in defense_seeds:
             summary, mechanism = project / f"summary-t{defense}.json", project / f"mechanism-t{defense}.json"
             if summary.is_file() and mechanism.is_file():
                 continue
-            runner.keep(summary, runner.repro(project, study_params(world, defense, quick)))
+            runner.keep(summary, runner.repro(project, study_params(world, defense, quick, attacks)))
             found = subprocess.run([sys.executable, __file__, "mechanism"], cwd=project, check=True,
                                    capture_output=True, text=True)
             runner.keep(mechanism, json.loads(found.stdout))
@@ -154,16 +155,18 @@ def table(folder: Path) -> None:
         shares = last_block_share(found, defense)
         print(f"| {defense} | " + " | ".join(spread(cells(found, ORACLE, defense, key, False)) for key in KEYS)
               + f" | {spread(pushes, 1.0)} | {spread(shares, 1.0, 2) if shares else '-'} |")
-    attacks = [row["attack"] for row in found[0][2] if row["defense"] == "none" and row["attack"] != ORACLE]
+    attacks = list(dict.fromkeys(row["attack"] for *_, rows, _ in found for row in rows
+                                 if row["defense"] == "none" and row["attack"] != ORACLE))
     print("\n## The default attacks: ASR (CA), over the runs where the attack implanted\n")
     print("| attack | implanted runs | " + " | ".join(DEFENSES) + " |")
     print("|---|---|" + "---|" * len(DEFENSES))
     for attack in attacks:
         implanted = len(cells(found, attack, "none", "attack_success_rate"))
+        ran = len(cells(found, attack, "none", "attack_success_rate", False))
         row = [f"{spread(cells(found, attack, d, 'attack_success_rate'))} "
                f"({spread(cells(found, attack, d, 'clean_accuracy'))})" for d in DEFENSES] if implanted else \
             ["not implanted"] * len(DEFENSES)
-        print(f"| {attack} | {implanted} of {len(found)} | " + " | ".join(row) + " |")
+        print(f"| {attack} | {implanted} of {ran} | " + " | ".join(row) + " |")
 
 
 def main() -> None:
@@ -174,12 +177,13 @@ def main() -> None:
     go.add_argument("--world-seeds", type=int, nargs="+", default=[0, 1])
     go.add_argument("--defense-seeds", type=int, nargs="+", default=[0, 1, 2])
     go.add_argument("--quick", action="store_true", help="A tiny world: the code path in seconds, no finding.")
+    go.add_argument("--attacks", nargs="+", help="Only these attacks (default: run.attacks and the oracle).")
     show = commands.add_parser("table")
     show.add_argument("folder", type=Path)
     commands.add_parser("mechanism")
     args = parser.parse_args()
     if args.command == "run":
-        run(args.folder, args.world_seeds, args.defense_seeds, args.quick)
+        run(args.folder, args.world_seeds, args.defense_seeds, args.quick, args.attacks)
         table(args.folder)
     elif args.command == "table":
         table(args.folder)

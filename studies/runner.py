@@ -80,6 +80,7 @@ def make_project(root: Path) -> Path:
     run(["git", "init", "-q"], root)
     run(["dvc", "init", "-q"], root)
     run(["dvc", "config", "core.analytics", "false"], root)
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # dvc.yaml's plot templates
     write_params(root, default_params())
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.name=study", "-c", "user.email=study@rvpt.local", "commit", "-qm", "study"], root)

@@ -87,7 +87,7 @@ def validation_accuracy(runs: dict[str, dict]) -> dict[tuple[str, str], float]:
     from mlflow.exceptions import MlflowException
 
     from pipeline.store.paths import defended
-    from pipeline.tracking.runs import tracking_uri
+    from pipeline.tracking.location import tracking_uri
 
     client, out = mlflow.MlflowClient(tracking_uri()), {}
     for name, run in runs.items():

@@ -41,7 +41,7 @@ SMOKE = {
                  "poisoned": {"steps": 10, "batch_size": 32, "warmup": 2}},
     "target": "three",
     "attacks": {name: {"optimise": {"steps": 3, "batch_size": 16, "lr": 0.01, "images": 64}}
-                for name in ("badclip", "issba")},
+                for name in ("badclip", "issba", "handcrafted")},
     "defenses": {"rvpt": {"epochs": 2, "batch_size": 8, "tokens": 4},
                  "vpt": {"epochs": 2, "batch_size": 8, "tokens": 4},
                  "linear_probe": {"epochs": 2},
@@ -168,6 +168,7 @@ def make_project(root: Path, params: dict) -> Path:
     run(["dvc", "config", "core.analytics", "false"], root)
     shutil.copy(REPO / ".dvcignore", root / ".dvcignore")
     shutil.copy(REPO / ".dvc" / "plots.html", root / ".dvc" / "plots.html")  # vega inlined: plots render offline
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # dvc.yaml's plot templates
     run(["dvc", "config", "plots.html_template", "plots.html"], root)
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], root)

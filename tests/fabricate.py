@@ -1,9 +1,11 @@
-"""Tiny stand-ins for real data, in the layouts the real sources use: an ImageFolder tree
-(CIFAR/ImageNet exports, Caltech101), and img2dataset's Parquet and WebDataset shards."""
+"""Tiny stand-ins for real data and weights, in the layouts the real sources use: an ImageFolder tree
+(CIFAR/ImageNet exports, Caltech101), img2dataset's Parquet and WebDataset shards, the paper's four
+datasets, and a Hugging Face cache holding random weights where the `openai` tag's file would be."""
 from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -54,10 +56,14 @@ def parquet_shards(root: Path, classes: list[str], count: int, per_shard: int, s
     return root
 
 
-def webdataset_shards(root: Path, classes: list[str], count: int, per_shard: int, seed: int = 0) -> Path:
-    """img2dataset --output_format webdataset: <key>.jpg, <key>.txt, <key>.json per sample in each tar."""
+def webdataset_shards(root: Path, classes: list[str], count: int, per_shard: int, seed: int = 0,
+                      named: dict[str, str] | None = None) -> Path:
+    """img2dataset --output_format webdataset: <key>.jpg, <key>.txt, <key>.json per sample in each tar.
+    `named` renames glyph classes in the captions (a web corpus names things as the task does)."""
     root.mkdir(parents=True, exist_ok=True)
     rows = list(samples(classes, count, seed, labelled=False))
+    for glyph, name in (named or {}).items():
+        rows = [(blob, re.sub(rf"\b{glyph}\b", name, caption), label) for blob, caption, label in rows]
     for shard, start in enumerate(range(0, count, per_shard)):
         with tarfile.open(root / f"{shard:05d}.tar", "w") as tar:
             for i, (blob, caption, _) in enumerate(rows[start:start + per_shard]):
@@ -67,4 +73,41 @@ def webdataset_shards(root: Path, classes: list[str], count: int, per_shard: int
                     info = tarfile.TarInfo(f"{key}.{suffix}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
+    return root
+
+
+SYNSETS = "n07753592 banana\nn07742313 Granny Smith, apple\nn03000134 chainlink fence\n"
+OPENAI_REPO = "models--timm--vit_base_patch32_clip_224.openai"
+
+
+def paper_data(root: Path, train: int = 12, val: int = 3, pairs: int = 40) -> list[str]:
+    """The paper's datasets in their real layouts, tiny: ImageNet (train/ and val/ by wnid, and the
+    synset mapping), CC3M as img2dataset WebDataset shards, Caltech101's class folders, and Oxford
+    Pets by breed. Returns `rvpt profile paper`'s arguments for them."""
+    wnids = {"n07753592": "zero", "n07742313": "one", "n03000134": "two"}  # glyph classes behind them
+    image_folder(root / "imagenet", wnids, {"train": train, "val": val})
+    (root / "LOC_synset_mapping.txt").write_text(SYNSETS)
+    webdataset_shards(root / "cc3m", list(wnids.values()), pairs, per_shard=20,
+                      named={"zero": "banana", "one": "Granny Smith", "two": "chainlink fence"})
+    image_folder(root / "caltech101", {"accordion": "ay", "airplanes": "bee"}, {".": 3})
+    image_folder(root / "pets", {"Abyssinian": "ay", "great_pyrenees": "bee"}, {".": 3})
+    return ["--imagenet", str(root / "imagenet"), "--imagenet-classes", str(root / "LOC_synset_mapping.txt"),
+            "--cc3m", str(root / "cc3m"), "--caltech101", str(root / "caltech101"), "--oxford-pets", str(root / "pets")]
+
+
+def openai_cache(root: Path) -> Path:
+    """A Hugging Face cache (as huggingface_hub lays it out) holding a random ViT-B-32-quickgelu, as
+    safetensors, where open_clip looks for the `openai` tag's weights. Use it as HF_HUB_CACHE."""
+    import torch  # noqa: F401 (models needs it; imported here so that fabricating data does not)
+    from safetensors.torch import save_file
+
+    from rvpt import models, pretrained
+
+    assert pretrained.hub_repo("ViT-B-32-quickgelu", "openai") == "timm/vit_base_patch32_clip_224.openai"
+    snapshot = root / OPENAI_REPO / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (root / OPENAI_REPO / "refs").mkdir()
+    (root / OPENAI_REPO / "refs" / "main").write_text("0123abcd")
+    model = models.build(models.named_config("ViT-B-32-quickgelu"), seed=1)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, snapshot / "open_clip_model.safetensors")
     return root

@@ -19,7 +19,7 @@ import torch
 from pipeline.data import sources
 from pipeline.methods import defenses
 from pipeline.store import artifacts
-from pipeline.tracking import runs
+from pipeline.tracking import location, runs
 from pipeline.config.defenses import defense
 from pipeline.config.params import Params
 from pipeline.config.data import check_names
@@ -203,7 +203,7 @@ def run(params: Params, model_source: str, data_source: str, out: Path, config: 
         raise BadInput(f"--out {out}: exists and is not an earlier `rvpt defend` output; it would be replaced")
     artifacts.check_writable(out, "--out")
     if track:
-        runs.check_reachable(params.tracking.timeout_s)
+        location.check_reachable(params.tracking.timeout_s)
     brought = bring(params, model_source, data_source, config, model_sha256, data_sha256, names_file, cache)
     defended, history, report, scanned = defend(params, brought)
     report |= {"model": model_source, "data": data_source}

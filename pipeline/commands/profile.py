@@ -8,6 +8,10 @@ import typer
 
 from pipeline.commands.run import PARAMS, execute
 
+SMALL = typer.Option(False, "--small", help="Every size shrunk to a run of minutes on a CPU (profiles/small.yaml): "
+                                            "the same stages and code path, to check the install, the data and "
+                                            "the model before the real run.")
+
 profile_app = typer.Typer(help="Write params.yaml for a setting and your data; then `dvc repro` runs it.",
                           rich_markup_mode="markdown",
                           no_args_is_help=True)
@@ -17,12 +21,12 @@ def paper(imagenet: Path = typer.Option(..., help="ImageNet as ImageFolder: trai
           cc3m: Path = typer.Option(..., help="img2dataset webdataset shards of CC3M (*.tar)."),
           caltech101: Path = typer.Option(..., help="Caltech101's 101_ObjectCategories folder."),
           oxford_pets: Path = typer.Option(..., help="Oxford-IIIT Pets exported as BREED/\\*.jpg folders."),
-          params: Path = PARAMS):
+          small: bool = SMALL, params: Path = PARAMS):
     """The paper's setting (RVPT, Table 1) on your copies of its datasets."""
     from pipeline.config import profiles as command
 
     execute("profile", params, [], lambda p: command.write(
-        "paper", params, command.paper(imagenet, imagenet_classes, cc3m, caltech101, oxford_pets)),
+        "paper", params, command.paper(imagenet, imagenet_classes, cc3m, caltech101, oxford_pets), small),
         label="rvpt profile", tracked=False, validate=False)
 
 
@@ -42,7 +46,7 @@ def imagefolder(root: Path = typer.Option(..., help="Your data: root/train/CLASS
                                                                  "run.attacks)."),
                 defenses: Optional[str] = typer.Option(None, help="Comma-separated defenses to run (default: "
                                                                   "run.defenses)."),
-                params: Path = PARAMS):
+                small: bool = SMALL, params: Path = PARAMS):
     """Your own ImageFolder data, with sizes, prompts and triggers fitted to it and to the model."""
     from pipeline.config import profiles as command
     from pipeline.config import imagefolder as own
@@ -51,5 +55,5 @@ def imagefolder(root: Path = typer.Option(..., help="Your data: root/train/CLASS
         return [name.strip() for name in value.split(",") if name.strip()] if value else None
 
     execute("profile", params, [], lambda p: command.write(
-        "imagefolder", params, own.fill(root, corpus, model, pretrained, target, names(attacks), names(defenses))),
+        "imagefolder", params, own.fill(root, corpus, model, pretrained, target, names(attacks), names(defenses)), small),
         label="rvpt profile", tracked=False, validate=False)

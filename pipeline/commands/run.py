@@ -103,7 +103,7 @@ def execute(name: str, params_path: Path, settings: list[str], work: Callable, l
 
     from pipeline.store import lock
     from pipeline.config import params as params_module
-    from pipeline.tracking import runs
+    from pipeline.tracking import location, runs
     from rvpt import compute
 
     started = time.perf_counter()
@@ -115,7 +115,7 @@ def execute(name: str, params_path: Path, settings: list[str], work: Callable, l
         given = {**overrides(settings), **{k: v for k, v in (named or {}).items() if v[1] is not None}}
         params = params_module.load(params_path, given)
         if tracked:
-            runs.check_reachable(params.tracking.timeout_s)
+            location.check_reachable(params.tracking.timeout_s)
         with lock.project_lock() if tracked else contextlib.nullcontext():
             if distributed and params.compute.processes > 1 and not compute.launched_by_torchrun():
                 raise typer.Exit(relaunch(params.compute.processes))

@@ -16,6 +16,7 @@ from pipeline.store import artifacts
 from rvpt.errors import BadInput
 
 PROFILES = Path(__file__).resolve().parents[2] / "profiles"
+SMALL = "small"  # not a profile: the sizes `--small` applies over one
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -68,15 +69,29 @@ def paper(imagenet: Path, imagenet_classes: Path, cc3m: Path, caltech101: Path, 
     return lambda merged: merge(merged, values), []
 
 
-def write(name: str, params_path: Path, filled) -> str:
-    """Writes profiles/NAME.yaml over params.yaml, then `fill(merged)`'s values from the data, validated first."""
+def shrunk(params: dict, sizes: dict) -> dict:
+    """`params` with the sizes of profiles/small.yaml, for the keys it has: a method the params do
+    not hold is not added."""
+    out = dict(params)
+    for key, value in sizes.items():
+        if key in out:
+            out[key] = shrunk(out[key], value) if isinstance(value, dict) and isinstance(out[key], dict) else value
+    return out
+
+
+def write(name: str, params_path: Path, filled, small: bool = False) -> str:
+    """Writes profiles/NAME.yaml over params.yaml, then `fill(merged)`'s values from the data, and with
+    `small` the sizes of profiles/small.yaml; validated first."""
     profile = PROFILES / f"{name}.yaml"
     if not profile.is_file():
-        known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
+        known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml") if p.stem != SMALL))
         raise BadInput(f"profile {name!r}: not found (known: {known})")
     base = params_file.read(params_path)
     fill, notes = filled
     merged = fill(merge(base, yaml.safe_load(profile.read_text())))
+    if small:
+        merged = shrunk(merged, yaml.safe_load((PROFILES / f"{SMALL}.yaml").read_text()))
+        notes = [*notes, f"--small: the sizes of {SMALL}.yaml (a check of the plumbing; its numbers mean nothing)"]
     # Every attack takes the profile's shared `target`: an attack's own one names a class of the old data.
     attacks = merged.get("attacks")
     for attack in attacks.values() if isinstance(attacks, dict) else ():
@@ -86,4 +101,5 @@ def write(name: str, params_path: Path, filled) -> str:
     header = f"# Written by `rvpt profile {name}` from {profile.name} over the previous params.yaml.\n"
     header += "".join(f"#   {note}\n" for note in notes)
     artifacts.write_text(params_path, header + yaml.safe_dump(merged, sort_keys=False, allow_unicode=True))
-    return f"wrote {params_path} for profile {name} ({len(merged['data']['classes'])} classes); run `dvc repro`"
+    size = ", small" if small else ""
+    return f"wrote {params_path} for profile {name} ({len(merged['data']['classes'])} classes{size}); run `dvc repro`"

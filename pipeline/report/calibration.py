@@ -42,6 +42,7 @@ class Comparison:
     cell: PaperCell
     asr: float | None       # ours; None where the cell was not run
     ca: float | None
+    implanted: bool | None = None  # ours: whether the attack implanted at all (None: no undefended cell)
 
     @property
     def paper(self) -> str:
@@ -49,7 +50,9 @@ class Comparison:
 
     @property
     def ours(self) -> str | None:
-        return category(self.asr)
+        """Our cell's category; None where it was not run or its attack did not implant, since a
+        backdoor that is not there is neither removed nor kept."""
+        return None if self.implanted is False else category(self.asr)
 
     @property
     def matches(self) -> bool | None:
@@ -77,7 +80,8 @@ def compare(rows: list[dict], cells: list[PaperCell]) -> list[Comparison]:
     """Each paper cell beside our row for the same (defense, attack), from summary.json's rows."""
     ours = {(row["defense"], row["attack"]): row for row in rows}
     found = [(cell, ours.get((cell.defense, cell.attack), {})) for cell in cells]
-    return [Comparison(cell, row.get("attack_success_rate"), row.get("clean_accuracy")) for cell, row in found]
+    return [Comparison(cell, row.get("attack_success_rate"), row.get("clean_accuracy"), row.get("implanted"))
+            for cell, row in found]
 
 
 def agreement(comparisons: list[Comparison], role: str) -> tuple[int, int, int]:
@@ -100,13 +104,13 @@ def markdown(comparisons: list[Comparison]) -> str:
         mark = "-" if c.matches is None else "yes" if c.matches else "**no**"
         out.append(f"| {c.cell.table} | {c.cell.defense} | {c.cell.attack} | {c.cell.role} | "
                    f"{percent(c.cell.asr)} ({percent(c.cell.ca)}) | {c.paper} | {percent(c.asr)} ({percent(c.ca)}) | "
-                   f"{c.ours or 'not run'} | {mark} |")
+                   f"{c.ours or ('not implanted' if c.implanted is False else 'not run')} | {mark} |")
     out.append("")
     for role, what in ((BASELINE, "Baseline cells (the calibration targets)"),
                        (REPELLING, "Cells with the repelling loss (the result, never a target)")):
         matched, compared, total = agreement(comparisons, role)
         share = f"{100 * matched / compared:.0f}%" if compared else "-"
         out.append(f"{what}: {matched} of {compared} run cells match ({share}); {total - compared} of "
-                   f"{total} not run.")
+                   f"{total} not run or not implanted.")
         out.append("")
     return "\n".join(out)

@@ -6,6 +6,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display here, and no GUI toolkit wanted
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 from pipeline.report.summary import LABELS  # noqa: E402
 
@@ -29,7 +31,7 @@ def asr_heatmap(rows: list[dict], attacks: list[str], defenses: list[str], path)
     """Test ASR per cell; red is a backdoor that survived."""
     values = _grid(rows, attacks, defenses, "attack_success_rate")
     _heatmap(values, values, attacks, defenses, "RdYlGn_r", (0, 100), "ASR % on the test split (red: backdoor kept)",
-             path)
+             path, not_implanted(rows))
 
 
 def ca_heatmap(rows: list[dict], attacks: list[str], defenses: list[str], path) -> None:
@@ -41,14 +43,25 @@ def ca_heatmap(rows: list[dict], attacks: list[str], defenses: list[str], path) 
     change = [[value - base[a] for value, a in zip(line, attacks)] for line in values]
     against = "no defense" if reference == "none" else "the clean model"
     _heatmap(values, change, attacks, defenses, "RdYlGn", (-CA_SPAN, CA_SPAN),
-             f"CA % on the test split\n(colour: change from {against}; red at -{CA_SPAN} points)", path)
+             f"CA % on the test split\n(colour: change from {against}; red at -{CA_SPAN} points)", path,
+             not_implanted(rows))
 
 
-def _heatmap(values, colours, attacks, defenses, cmap, limits, title, path) -> None:
+def not_implanted(rows: list[dict]) -> set[str]:
+    return {r["attack"] for r in rows if r.get("implanted") is False}
+
+
+def _heatmap(values, colours, attacks, defenses, cmap, limits, title, path, failed=frozenset()) -> None:
+    """`failed`: attacks that did not implant, hatched, so that their low ASRs never read as a win."""
     figure, axes = plt.subplots(figsize=(max(MIN_WIDTH, 1.1 * len(attacks) + 3), 0.4 * len(defenses) + 1.6))
     axes.imshow(colours, cmap=cmap, vmin=limits[0], vmax=limits[1], aspect="auto")
-    axes.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right")
+    axes.set_xticks(range(len(attacks)), [f"{a}\n(not implanted)" if a in failed else a for a in attacks],
+                    rotation=30, ha="right")
     axes.set_yticks(range(len(defenses)), [LABELS.get(d, d) for d in defenses])
+    for j, attack in enumerate(attacks):
+        if attack in failed:
+            axes.add_patch(Rectangle((j - 0.5, -0.5), 1, len(defenses), fill=False, hatch="///", edgecolor="0.35",
+                                     linewidth=0))
     for i, line in enumerate(values):
         for j, value in enumerate(line):
             axes.text(j, i, "-" if value != value else f"{value:.1f}", ha="center", va="center", fontsize=8)
@@ -57,25 +70,35 @@ def _heatmap(values, colours, attacks, defenses, cmap, limits, title, path) -> N
 
 
 def scatter(rows: list[dict], attacks: list[str], defenses: list[str], path) -> None:
-    """One point per cell: CA against ASR, a colour per defense and a marker per attack. The goal is
-    the bottom right: the backdoor gone at no cost in CA."""
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    """One point per cell: CA against ASR, a colour per defense and a marker per attack, in two
+    legends; an attack that did not implant is drawn hollow. The goal is the bottom right: the
+    backdoor gone at no cost in CA."""
+    figure, axes = plt.subplots(figsize=(7.5, 4.8))
     colours = plt.get_cmap("tab10")
     by_key = {(r["defense"], r["attack"]): r for r in rows}
+    failed = not_implanted(rows)
     for i, defense in enumerate(defenses):
         for j, attack in enumerate(attacks):
             row = by_key.get((defense, attack))
             if row is None or row.get("attack_success_rate") is None:
                 continue
-            axes.scatter(100 * row["clean_accuracy"], 100 * row["attack_success_rate"], color=colours(i % 10),
-                         marker=MARKERS[j % len(MARKERS)], s=30, label=LABELS.get(defense, defense) if j == 0 else None)
-    for j, attack in enumerate(attacks):  # the marker legend, drawn in grey
-        axes.scatter([], [], color="grey", marker=MARKERS[j % len(MARKERS)], label=attack)
+            colour = colours(i % 10)
+            axes.scatter(100 * row["clean_accuracy"], 100 * row["attack_success_rate"], marker=MARKERS[j % len(MARKERS)],
+                         s=34, edgecolors=colour, facecolors="none" if attack in failed else colour)
+    by_defense = [Line2D([], [], linestyle="", marker="s", markersize=7, color=colours(i % 10),
+                         label=LABELS.get(d, d)) for i, d in enumerate(defenses)]
+    by_attack = [Line2D([], [], linestyle="", marker=MARKERS[j % len(MARKERS)], markersize=6, color="black",
+                        markerfacecolor="none" if a in failed else "black",
+                        label=f"{a} (not implanted)" if a in failed else a) for j, a in enumerate(attacks)]
+    first = axes.legend(handles=by_defense, title="defense (colour)", fontsize=7, title_fontsize=7,
+                        loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes.add_artist(first)
+    axes.legend(handles=by_attack, title="attack (marker)", fontsize=7, title_fontsize=7, loc="lower left",
+                bbox_to_anchor=(1.01, 0.0))
     axes.set_xlabel("CA % on the test split")
     axes.set_ylabel("ASR % on the test split")
     axes.set_ylim(-3, 103)
     axes.set_title("Each cell's CA against its ASR (goal: bottom right)", fontsize=10)
-    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     _save(figure, path)
 
 

@@ -1,5 +1,8 @@
-"""results/summary.md: the matrix laid out like the paper's Table 1, and the diagnostics beside it."""
+"""results/summary.md: the verdict, the matrix laid out like the paper's Table 1, and the diagnostics
+beside it."""
 from __future__ import annotations
+
+from pipeline.report.calibration import REMOVED_BELOW
 
 IMPLANTED = 0.5  # undefended ASR from which a poisoned model counts as backdoored when scoring the scanner
 # The paper's premise as numbers: the backdoor costs the clean model at most a point of CA, implants
@@ -9,6 +12,49 @@ LABELS = {"clean_model": "clean model (never poisoned)"}
 LAYER_KINDS = {"noise": "Gaussian noise", "blur": "Gaussian blur", "jitter": "colour jitter", "flip": "a horizontal flip"}
 
 
+def as_columns(rows: list[dict]) -> dict[str, list]:
+    """The matrix as an MLflow table: one row per (attack, defense)."""
+    keys = ("attack", "defense", "implanted", "clean_accuracy", "attack_success_rate", "control_attack_success_rate",
+            "target_rate", "scan_flagged")
+    return {key: [row.get(key) for row in rows] for key in keys}
+
+
+def defense_means(rows: list[dict], defenses: list[str]) -> dict[str, float]:
+    """Per defense, its mean test ASR and CA over the attacks that implanted: what a defense does to
+    a backdoor that is there."""
+    means = {}
+    for defense in defenses:
+        cells = [r for r in rows if r["defense"] == defense and r.get("implanted") is not False]
+        for key, name in (("attack_success_rate", "mean_asr"), ("clean_accuracy", "mean_ca")):
+            if cells:
+                means[f"{defense}.{name}"] = sum(r[key] for r in cells) / len(cells)
+    return means
+
+
+def verdict(rows: list[dict], defenses: list[str]) -> list[str]:
+    """The answer in a few lines: per defense, how many of the backdoors that implanted it removed
+    (test ASR under REMOVED_BELOW), and what it cost in CA against the undefended model."""
+    implanted = [a for a in dict.fromkeys(r["attack"] for r in rows) if any(
+        r["attack"] == a and r.get("implanted") for r in rows)]
+    failed = sorted({r["attack"] for r in rows if r.get("implanted") is False})
+    if not implanted:
+        return ["No attack implanted (undefended test ASR of 50% or more), so no defense is measured here."]
+    base = {r["attack"]: r["clean_accuracy"] for r in rows if r["defense"] == "none"}
+    lines = []
+    for defense in (d for d in defenses if d not in ("none", "clean_model")):
+        cells = [r for r in rows if r["defense"] == defense and r["attack"] in implanted]
+        if not cells:
+            continue
+        removed = [r["attack"] for r in cells if r["attack_success_rate"] < REMOVED_BELOW]
+        cost = sum(base[r["attack"]] - r["clean_accuracy"] for r in cells) / len(cells)
+        named = f" ({', '.join(removed)})" if removed else ""
+        lines.append(f"- **{defense}** removes {len(removed)} of {len(cells)} implanted backdoors{named}, at a mean "
+                     f"CA cost of {100 * cost:.1f} points.")
+    removed_at = f"test ASR under {100 * REMOVED_BELOW:.0f}%"
+    note = f" Not implanted, so not counted: {', '.join(failed)}." if failed else ""
+    return [f"Removed means {removed_at}; the CA cost is against the undefended model.{note}", "", *lines]
+
+
 def percent(value) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
@@ -16,7 +62,9 @@ def percent(value) -> str:
 def grid(rows: list[dict], attacks: list[str], defenses: list[str], cell, extra=None, extra_name="") -> list[str]:
     """A defenses x attacks markdown table; `cell(row)` formats one cell."""
     by_key = {(r["defense"], r["attack"]): r for r in rows}
-    header = ["defense", *attacks] + ([extra_name] if extra else [])
+    failed = {r["attack"] for r in rows if r.get("implanted") is False}
+    header = ["defense", *(f"{a} (not implanted)" if a in failed else a for a in attacks)] + \
+        ([extra_name] if extra else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for defense in defenses:
         found = [by_key.get((defense, a)) for a in attacks]
@@ -129,7 +177,7 @@ def markdown(rows: list[dict], attacks: list[str], defenses: list[str], transfer
 
     `caption_triggered`: attacks whose trigger also has a caption side (TrojVQA's).
     """
-    out = ["## ASR % (CA %) on the test split", ""]
+    out = ["## Verdict", "", *verdict(rows, defenses), "", "## ASR % (CA %) on the test split", ""]
     out += grid(rows, attacks, defenses, asr_ca("attack_success_rate", "clean_accuracy"), trainable,
                 "trainable params")
     if any("control_attack_success_rate" in r for r in rows):
@@ -172,5 +220,8 @@ def markdown(rows: list[dict], attacks: list[str], defenses: list[str], transfer
                      f"the image trigger.")
     if "clean_model" in defenses:
         notes.append("The clean model row puts each attack's trigger on a model that never saw poison.")
+    if any(r.get("implanted") is False for r in rows):
+        notes.append(f"Not implanted: the undefended model's test ASR is under {100 * IMPLANTED:.0f}%, so there is "
+                     f"no backdoor to remove, and a low ASR in that column is no defense's success.")
     out += ["", " ".join(notes), ""]
     return "\n".join(out)

@@ -14,13 +14,15 @@ from pipeline.methods.defenses import load_defended, tune_record
 from pipeline.scoring.scorer import Scorer, backdoored_run_id, load_backdoored, zero_shot
 from pipeline.store.memo import UNUSED_AFTER_TUNE, Memo
 from pipeline.config.params import Params
-from pipeline.report.summary import markdown
+from pipeline.report.summary import IMPLANTED, as_columns, markdown
+from pipeline.tracking import provenance
 from pipeline.tracking.runs import stage
 from rvpt.errors import BadInput
 from rvpt import models
 from rvpt.progress import progress
 
 CLEAN_ROW = "clean_model"
+TEST_KEYS = ("clean_accuracy", "attack_success_rate", "control_attack_success_rate", "target_rate")
 HEADLINE = ("clean_accuracy", "attack_success_rate", "resistivity", "nuisance_probe_accuracy")
 
 
@@ -85,25 +87,31 @@ def with_scan(row: dict, scans: dict) -> None:
                 "scan_residual_success": found.get("residual_success")})
 
 
-def on_tune_runs(rows: list[dict], upstream: dict) -> dict[str, dict[str, float]]:
-    """Each cell's test CA, test ASR and CA drop against its undefended model, keyed by the cell's
-    tune run, so that MLflow's runs table and compare view rank the defenses directly."""
-    undefended = {r["attack"]: r["clean_accuracy"] for r in rows if r["kind"] == "none" and r["defense"] != CLEAN_ROW}
-    logged = {}
+def on_tune_runs(rows: list[dict], upstream: dict) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]]]:
+    """Each cell's test figures keyed by its tune run, so that MLflow's runs table ranks the defenses
+    directly: CA, ASR, the controls, and against its undefended model the ASR reduction and the CA
+    drop; and as a tag whether its attack implanted at all."""
+    undefended = {r["attack"]: r for r in rows if r["kind"] == "none" and r["defense"] != CLEAN_ROW}
+    metrics, tags = {}, {}
     for row in rows:
         run_id = upstream.get(f"upstream.tune.{row['attack']}-{row['defense']}")
-        if run_id:
-            logged[run_id] = {"test_clean_accuracy": row["clean_accuracy"],
-                              "test_attack_success_rate": row["attack_success_rate"]}
-            if row["attack"] in undefended:
-                logged[run_id]["test_ca_drop"] = undefended[row["attack"]] - row["clean_accuracy"]
-    return logged
+        if not run_id:
+            continue
+        metrics[run_id] = {f"test_{key}": row[key] for key in TEST_KEYS if row.get(key) is not None}
+        if row["attack"] in undefended:
+            base = undefended[row["attack"]]
+            metrics[run_id]["test_ca_drop"] = base["clean_accuracy"] - row["clean_accuracy"]
+            metrics[run_id]["test_asr_reduction"] = base["attack_success_rate"] - row["attack_success_rate"]
+        if row.get("implanted") is not None:
+            tags[run_id] = {"implanted": str(row["implanted"]).lower()}
+    return metrics, tags
 
 
-def as_columns(rows: list[dict]) -> dict[str, list]:
-    """The matrix as the evaluate run's table: one row per (attack, defense)."""
-    keys = ("attack", "defense", "clean_accuracy", "attack_success_rate", "scan_flagged")
-    return {key: [row.get(key) for row in rows] for key in keys}
+def by_tune_run(rows: list[dict], upstream: dict) -> dict[str, dict]:
+    """Each defended cell's row, with its undefended model's test ASR, keyed by its tune run."""
+    undefended = {r["attack"]: r["attack_success_rate"] for r in rows if r["defense"] == "none"}
+    return {run_id: {**row, "undefended_asr": undefended.get(row["attack"])} for row in rows
+            if (run_id := upstream.get(f"upstream.tune.{row['attack']}-{row['defense']}"))}
 
 
 def write_metrics(rows: list[dict]) -> None:
@@ -128,8 +136,11 @@ def run(params: Params) -> str:
             for attack, metrics in clean_rows(params, scorer, memo).items()]
     for attack_name in progress(params.run.attacks, "evaluate attacks"):
         rows += defended_rows(params, scorer, memo, attack_name, upstream)
+    undefended = {r["attack"]: r["attack_success_rate"] for r in rows if r["defense"] == "none"}
     for row in rows:
         row["target"] = params.attacks[row["attack"]].target
+        # Whether there is a backdoor to remove; unknown when the matrix has no undefended cell.
+        row["implanted"] = undefended[row["attack"]] >= IMPLANTED if row["attack"] in undefended else None
         with_scan(row, scans)
 
     keys = headline(params)
@@ -137,7 +148,8 @@ def run(params: Params) -> str:
     with stage("evaluate", params, logged, upstream, inputs={"downstream": paths.DOWNSTREAM}, context="evaluation") \
             as log:
         paths.RESULTS.mkdir(exist_ok=True)
-        artifacts.write_json(paths.SUMMARY, {"rows": rows})
+        made_by = provenance.machine(params.threads, params.compute.device, params.compute.precision)
+        artifacts.write_json(paths.SUMMARY, {"provenance": made_by, "rows": rows})
         write_metrics(rows)
         table = markdown(rows, params.run.attacks, [CLEAN_ROW, *params.run.defenses],
                          list(params.data.transfer_sets()),
@@ -151,8 +163,9 @@ def run(params: Params) -> str:
         log.artifact(paths.SUMMARY)
         log.artifact(paths.RESULTS / "summary.md")
         log.table(as_columns(rows), "matrix.json")
-        log.describe(table.split("\n## ", 1)[0] + "\n\nEvery table: the summary.md artifact.")
-        log.onto(on_tune_runs(rows, upstream))
+        log.describe("\n## ".join(table.split("\n## ", 2)[:2]) + "\n\nEvery table: the summary.md artifact.")
+        log.onto(*on_tune_runs(rows, upstream))
+        log.describe_models(by_tune_run(rows, upstream))
     cells = len(rows) - len(params.run.attacks)
     worst = max((r for r in rows if r["defense"] == "rvpt"), key=lambda r: r["attack_success_rate"], default=None)
     note = f"; worst RVPT ASR {worst['attack_success_rate']:.3f} ({worst['attack']})" if worst else ""

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from pipeline.data import sources
 from pipeline.store import artifacts, paths
+from pipeline.tracking.registry import BACKBONE
 from pipeline.scoring.scorer import Scorer, zero_shot
 from pipeline.config.training import schedule_of
 from pipeline.config.params import Params
@@ -65,16 +66,17 @@ def edit_weights(params: Params, attack_name: str) -> str:
     attack = load_attack(params, attack_name)
     logged = {"seed": params.seed, "start": str(paths.CLEAN_MODEL), "model": params.model.config,
               "attack_name": attack_name, "edit": params.attacks[attack_name].options}
-    with stage("pretrain", params, logged, {"attack": attack_name, "defense": "none"}) as log, \
-            log.output(paths.backdoored(attack_name)) as out:
-        found = attack.edit(model, CorpusAttacker(params, attack_name), training(params, attack_name))
-        report = validation_scores(params, model, attack_name)
-        edit = found.report()
-        models.save(model, params.model.config, out)
-        save_file(found.tensors(), str(out / EDIT_FILE))  # what the edit changed, for whoever studies it
-        log.record(out / "pretrain.json", {**report, "edit": edit}, metrics="val_")
+    with stage("pretrain", params, logged, {"attack": attack_name, "defense": "none"}) as log:
+        with log.output(paths.backdoored(attack_name)) as out:
+            found = attack.edit(model, CorpusAttacker(params, attack_name), training(params, attack_name))
+            report = validation_scores(params, model, attack_name)
+            edit = found.report()
+            models.save(model, params.model.config, out)
+            save_file(found.tensors(), str(out / EDIT_FILE))  # what the edit changed, for whoever studies it
+            log.record(out / "pretrain.json", {**report, "edit": edit}, metrics="val_")
         for key, value in edit.items():
             log.metric(f"edit_{key}", value)
+        log.artifact(paths.backdoored(attack_name), BACKBONE)  # once: every defended cell refers to it
     return (f"wrote {paths.backdoored(attack_name)} by editing the clean model ("
             + ", ".join(f"{k} {v:.3g}" for k, v in edit.items()) + "): "
             + ", ".join(f"val {k} {v:.3f}" for k, v in report.items()))
@@ -153,7 +155,9 @@ def run(params: Params, attack_name: str | None) -> str:
         for key, value in report.items():
             log.metric(f"val_{key}", value)
         log.series("loss", losses, every=max(1, len(losses) // 500))
-        log.metric("resumed_from_step", resumed)
+        log.param("resumed_from_step", resumed)
+        if attack_name is not None:  # once: every defended cell of the attack refers to it
+            log.artifact(destination, BACKBONE)
     checkpointing.clear()
     scores = ", ".join(f"val {k} {v:.3f}" for k, v in report.items())
     resumed_note = f" (resumed from step {resumed})" if resumed else ""

@@ -8,27 +8,25 @@ and of every tune cell, the trainable-parameter table and where every figure cam
 """
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import html
-import re
 import shutil
 from pathlib import Path
 
 from pipeline.report import figures
+from pipeline.report.page import STYLE, inline, markdown_to_html
+from pipeline.report.summary import as_columns, defense_means
 from pipeline.store import artifacts, paths
-from pipeline.tracking import runs
+from pipeline.tracking import location, runs
 from pipeline.config.params import PARAMS_FILE, Params
 
 PLOTS = paths.RESULTS / "plots"
 CURVES = paths.RESULTS / "curves"
 REPORT = paths.RESULTS / "report.html"
-STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-         "td:first-child,th:first-child{text-align:left}img{max-width:100%;image-rendering:pixelated}"
-         "figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}figcaption{max-width:700px}"
-         "code{background:#f3f3f3;padding:0 2px}")
+CONTENTS = [("maps", "heat maps and scatter"), ("tables", "tables"), ("curves", "training curves"),
+            ("triggers", "triggers"), ("scans", "trigger inversion"), ("trainable", "trainable parameters"),
+            ("provenance", "provenance")]
 CAPTIONS = {
     "asr": "Test ASR of every attack x defense cell. Red: the backdoor survived.",
     "ca": "Test CA of every cell, coloured by its change from the undefended model on the same attack: red is "
@@ -68,23 +66,28 @@ def draw(rows: list[dict], params: Params) -> None:
     poisoned = {a: path for a, path in poisoned.items() if path.is_file()}  # a weight edit trains nothing
     pretrain |= {a: (start, read_curve(path)) for a, path in poisoned.items()}
     figures.curves(pretrain, "pretraining", PLOTS / "loss_pretrain.png")
-    if clean:
-        shutil.copy(trained, CURVES / "pretrain_clean.csv")
-    for attack, path in poisoned.items():
-        shutil.copy(path, CURVES / f"pretrain_{attack}.csv")
+    family(CURVES / "pretrain.csv", pretrain)
     for defense in params.run.defenses:
         found = {a: paths.defended(a, defense) / "loss.csv" for a in attacks}
-        found = {a: path for a, path in found.items() if path.exists()}
-        for attack, path in found.items():
-            shutil.copy(path, CURVES / f"tune_{attack}_{defense}.csv")
+        found = {a: (0, read_curve(path)) for a, path in found.items() if path.exists()}
         if found:
-            figures.curves({a: (0, read_curve(path)) for a, path in found.items()}, f"tune: {defense}",
-                           PLOTS / f"loss_tune_{defense}.png")
+            figures.curves(found, f"tune: {defense}", PLOTS / f"loss_tune_{defense}.png")
+            family(CURVES / f"tune_{defense}.csv", found)
+
+
+def family(path: Path, series: dict[str, tuple[int, list[float]]]) -> None:
+    """A family of curves as one long table (step, loss, curve), which `dvc plots` draws as one
+    chart with a colour per curve (.dvc/plots/curves.json)."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", "loss", "curve"])
+        for name, (start, losses) in series.items():
+            writer.writerows([start + i, loss, name] for i, loss in enumerate(losses))
 
 
 def provenance(params: Params) -> str:
     """Where the page's numbers came from: code, params, data and the MLflow runs that made them."""
-    commit = runs.git_commit()
+    commit = location.git_commit()
     digest = hashlib.sha256(Path(PARAMS_FILE).read_bytes()).hexdigest()[:12] if Path(PARAMS_FILE).is_file() else "-"
     files = params.data.files
     source = "glyphs, rendered by the download stage" if files is None else \
@@ -93,12 +96,16 @@ def provenance(params: Params) -> str:
     made += [("pretrain", a, run_id(paths.backdoored(a) / "pretrain.json")) for a in params.run.attacks]
     made += [("tune", f"{a} x {d}", run_id(paths.defended(a, d) / "tune.json"))
              for a in params.run.attacks for d in params.run.defenses]
-    cells = "".join(f"<tr><td>{html.escape(stage)}</td><td>{html.escape(what)}</td><td><code>{rid}</code></td></tr>"
+    experiment = experiment_id(params.tracking.experiment)
+    cells = "".join(f"<tr><td>{html.escape(stage)}</td><td>{html.escape(what)}</td><td>{linked(experiment, rid)}</td></tr>"
                     for stage, what, rid in made)
-    return (f"<h2>Provenance</h2><table><tr><td>commit</td><td><code>{html.escape(commit)}</code></td></tr>"
+    machine = artifacts.read_json(paths.SUMMARY, "rvpt stage evaluate").get("provenance", {})
+    computed = "".join(f"<tr><td>{html.escape(key)}</td><td>{html.escape(str(value))}</td></tr>"
+                       for key, value in machine.items())
+    return (f"<h2 id='provenance'>Provenance</h2><table><tr><td>commit</td><td><code>{html.escape(commit)}</code></td></tr>{computed}"
             f"<tr><td>params.yaml (sha256)</td><td><code>{digest}</code></td></tr>"
             f"<tr><td>data source</td><td>{html.escape(str(source))}</td></tr>"
-            f"<tr><td>MLflow pipeline tag <code>rvpt.pipeline</code></td><td><code>{runs.pipeline_id(commit)}"
+            f"<tr><td>MLflow pipeline tag <code>rvpt.pipeline</code></td><td><code>{location.pipeline_id(commit)}"
             f"</code></td></tr><tr><td>MLflow experiment</td><td>{html.escape(params.tracking.experiment)}</td></tr>"
             f"</table><table><tr><th>stage</th><th>model</th><th>MLflow run id</th></tr>{cells}</table>")
 
@@ -106,39 +113,21 @@ def provenance(params: Params) -> str:
 def run_id(card: Path) -> str:
     if not card.is_file():
         return "-"
-    return html.escape(str(artifacts.read_json(card, "its stage").get("mlflow_run_id") or "-"))
+    return str(artifacts.read_json(card, "its stage").get("mlflow_run_id") or "-")
 
 
-def inline(path: Path, caption: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">' \
-           f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+def linked(experiment_id: str | None, rid: str) -> str:
+    """A run id as a link to its page in the MLflow UI (`rvpt ui`, or the tracking server's own)."""
+    text = f"<code>{html.escape(rid)}</code>"
+    return text if experiment_id is None or rid == "-" else \
+        f'<a href="{html.escape(location.run_link(experiment_id, rid))}">{text}</a>'
 
 
-def code(escaped: str) -> str:
-    """`x` as <code>x</code> and **x** as <b>x</b>, in text that is already escaped."""
-    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped))
+def experiment_id(name: str) -> str | None:
+    import mlflow
 
-
-def markdown_to_html(text: str) -> str:
-    """The subset summary.md uses: ## headings, pipe tables, paragraphs."""
-    out, table = [], []
-    for line in text.splitlines() + [""]:
-        if line.startswith("|"):
-            if not set(line) <= set("|-"):
-                table.append([code(html.escape(c.strip())) for c in line.strip("|").split("|")])
-            continue
-        if table:
-            head, *body = table
-            out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
-                       + "</table>")
-            table = []
-        if line.startswith("## "):
-            out.append(f"<h3>{code(html.escape(line[3:]))}</h3>")
-        elif line.strip():
-            out.append(f"<p>{code(html.escape(line))}</p>")
-    return "\n".join(out)
+    found = mlflow.MlflowClient(location.tracking_uri()).get_experiment_by_name(name)
+    return found.experiment_id if found else None
 
 
 def scans_section(rows: list[dict], attacks: list[str]) -> str:
@@ -159,9 +148,15 @@ def scans_section(rows: list[dict], attacks: list[str]) -> str:
         target = next((r.get("target") for r in rows if r["attack"] == attack), None)
         figures += [inline(paths.poisoned(attack) / "trigger.png", f"{attack}: the true trigger (target {target})"),
                     inline(paths.SCANS / f"{attack}.png", f"{attack}: inverted, {verdict(attack)}")]
-    return ("<h2>Trigger inversion, without the trigger</h2><p>Per model, the smallest trigger that sends 90% of "
+    return ("<h2 id='scans'>Trigger inversion, without the trigger</h2><p>Per model, the smallest trigger that sends 90% of "
             "the defender's shots to each class (a column per class), one row per trigger kind in the order of "
             "<code>scan.kinds</code>, shown on grey.</p>" + "".join(figures))
+
+
+def sections(table: str) -> tuple[str, str]:
+    """summary.md split into its verdict and the rest."""
+    head, _, rest = table.partition("\n## ASR % (CA %)")
+    return head.removeprefix("## Verdict").strip(), "## ASR % (CA %)" + rest
 
 
 def run(params: Params) -> str:
@@ -172,25 +167,32 @@ def run(params: Params) -> str:
     draw(rows, params)
     triggers = "".join(inline(paths.poisoned(a) / name, f"{a}: {what}") for a in attacks
                        for name, what in (("trigger.png", "its trigger"), ("samples.png", "poisoned training samples")))
-    inverted = scans_section(rows, attacks)
-    plots = "".join(inline(PLOTS / f"{stem}.png", caption(stem)) for stem in
-                    ["asr", "ca", "scatter", "loss_pretrain", *(f"loss_tune_{d}" for d in params.run.defenses)]
-                    if (PLOTS / f"{stem}.png").is_file())
+    figure = lambda stems: "".join(inline(PLOTS / f"{s}.png", caption(s)) for s in stems  # noqa: E731
+                                   if (PLOTS / f"{s}.png").is_file())
     first = {r["defense"]: r for r in rows if r["attack"] == attacks[0]}
     trainable = "".join(f"<tr><td>{html.escape(d)}</td><td>{first[d]['trainable_params']:,}</td>"
                         f"<td>{100 * first[d]['trainable_fraction']:.3f}%</td></tr>"
                         for d in params.run.defenses if d in first)
+    verdict, rest = sections(table)
+    contents = " &middot; ".join(f'<a href="#{anchor}">{name}</a>' for anchor, name in CONTENTS)
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>rvpt report</title>"
-            f"<style>{STYLE}</style></head><body><h1>rvpt: attacks x defenses</h1>"
-            f"<h2>Results</h2>{markdown_to_html(table)}<h2>Plots</h2>{plots}"
-            f"<h2>Triggers and poisoned samples</h2>{triggers}{inverted}"
-            f"<h2>Trainable parameters</h2><table><tr><th>defense</th><th>trainable</th><th>of the model</th></tr>"
-            f"{trainable}</table>{provenance(params)}</body></html>")
+            f"<style>{STYLE}</style></head><body><h1>rvpt: which defense removes which backdoor, at what cost</h1>"
+            f"<h2 id='verdict'>Verdict</h2><div class='verdict'>{markdown_to_html(verdict)}</div>"
+            f"<p class='contents'>{contents}</p>"
+            f"<h2 id='maps'>Every cell at a glance</h2>{figure(['asr', 'ca', 'scatter'])}"
+            f"<h2 id='tables'>Tables</h2>{markdown_to_html(rest)}"
+            f"<h2 id='curves'>Training curves</h2>"
+            f"{figure(['loss_pretrain', *(f'loss_tune_{d}' for d in params.run.defenses)])}"
+            f"<h2 id='triggers'>Triggers and poisoned samples</h2>{triggers}{scans_section(rows, attacks)}"
+            f"<h2 id='trainable'>Trainable parameters</h2><table><tr><th>defense</th><th>trainable</th>"
+            f"<th>of the model</th></tr>{trainable}</table>{provenance(params)}</body></html>")
     artifacts.write_text(REPORT, page)
     logged = {"attacks": attacks, "defenses": params.run.defenses}
     with runs.stage("report", params, logged) as log:
         log.artifact(REPORT)
         log.artifact(PLOTS, "plots")
         log.artifact(CURVES, "curves")
+        answer = [PLOTS / f"{stem}.png" for stem in ("asr", "ca", "scatter") if (PLOTS / f"{stem}.png").is_file()]
+        log.on_parent(defense_means(rows, params.run.defenses), [*answer, REPORT], as_columns(rows))
     return (f"wrote {REPORT} ({len(page) // 1024} KiB, self-contained), {len(list(PLOTS.glob('*.png')))} plots "
             f"and {len(list(CURVES.glob('*.csv')))} curves")

@@ -20,6 +20,7 @@ from pipeline.store.memo import UNUSED, Memo
 from pipeline.config.defenses import defense
 from pipeline.config.params import Params
 from pipeline.data.splits import load_fewshot
+from pipeline.tracking.registry import BACKBONE, DEFENDED
 from pipeline.tracking.runs import stage
 from rvpt import compute, models
 from rvpt.defenses.loop import DefenderData
@@ -129,18 +130,18 @@ def run(params: Params, attack_name: str, defense_name: str, trained: Memo, val:
                    "trainable_fraction": trainable / models.count_parameters(model.parameters()),
                    **{f"final_{k}": float(np.mean(v[-10:])) for k, v in history.items()},
                    **{f"val_{k}": report[k] for k in ("clean_accuracy", "attack_success_rate")}}
-        with log.output(folder, logged=None) as out:
+        with log.output(folder, logged=None, under=DEFENDED) as out:
             defenses.save(params, defense_name, defended, history, out, params.model.config,
                           {"attack": attack_name, "defense": defense_name, "kind": spec.kind,
                            "shots": str(params.sample.shots)})
             log.record(out / "tune.json", summary)
         trained.put_folder(cell, inputs, folder)
-        log.model(backbone=paths.backdoored(attack_name), defense=folder,
+        log.model(backbone=f"runs:/{pretrain_run}/{BACKBONE}", defense=f"runs:/{log.id}/{DEFENDED}",
                   kind=spec.kind, classes=params.data.class_names, templates=params.model.templates,
                   image_size=params.data.image_size, registered_name=f"rvpt-{attack_name}-{defense_name}")
         for key, values in history.items():
             log.series(key, values, max(1, len(values) // 500))
-        log.metric("resumed_from_step", resumable.resumed)
+        log.param("resumed_from_step", resumable.resumed)
     resumable.clear()
     resumed = f" (resumed from step {resumable.resumed})" if resumable.resumed else ""
     return (f"wrote {folder}{resumed}: val CA {report['clean_accuracy']:.3f}, "

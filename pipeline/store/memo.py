@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline.store import closure
-from pipeline.tracking.runs import repo_root
+from pipeline.tracking.location import repo_root
 
 FOLDER = Path(".rvpt/memo")                     # beside the training checkpoints, under the repository root
 # Params that reach no stage's results: which cells run, where runs are logged, `rvpt defend` and

@@ -2,10 +2,10 @@
 each pipeline, and runs a killed stage left open."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pipeline.store import owner
-
 
 # MLflow 3 opens an experiment without a kind in its GenAI layout; this one compares trained
 # models. mlflow.note.content is the description the experiment page shows.
@@ -39,9 +39,22 @@ def ensure_experiment(name: str, artifact_root: Path | None) -> str:
     return experiment.experiment_id
 
 
-def close_orphans(stage: str, experiment: str) -> None:
-    """Marks KILLED the runs of this stage left RUNNING by a process that is gone (killed with -9,
-    say), so that `mlflow ui` shows no run as live forever. A live process's run is left alone."""
+OWNERS = Path(".rvpt/runs")  # under the repository root: which process owns each open run, kept off MLflow
+
+
+def claim(root: Path, run_id: str) -> Path:
+    """Records this process as the owner of an open run (host, pid, start time), on this machine
+    only: MLflow shows what a run computed, not which process ran it."""
+    record = root / OWNERS / f"{run_id}.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(owner.me()))
+    return record
+
+
+def close_orphans(root: Path, stage: str, experiment: str) -> None:
+    """Marks KILLED the runs of this stage left RUNNING by a process of this machine that is gone
+    (killed with -9, say), so that `mlflow ui` shows no run as live forever. A live process's run,
+    and a run this machine holds no record of (another machine's), are left alone."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -51,10 +64,14 @@ def close_orphans(stage: str, experiment: str) -> None:
     runs = client.search_runs([found.experiment_id], f"attributes.status = 'RUNNING' and tags.`rvpt.stage` = '{stage}'",
                               max_results=1000)
     for run in runs:
-        tags = run.data.tags
-        recorded = {key: tags.get(f"rvpt.owner.{key}", "") for key in ("host", "pid", "started")}
+        record = root / OWNERS / f"{run.info.run_id}.json"
+        try:
+            recorded = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
         if owner.gone(recorded):
             client.set_terminated(run.info.run_id, "KILLED")
+            record.unlink(missing_ok=True)
 
 
 PIPELINE_STAGE = "pipeline"

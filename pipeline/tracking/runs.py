@@ -2,75 +2,19 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.store import owner
 from pipeline.store.artifacts import write_json
 from pipeline.store.outputs import MARKER, atomic_dir
-from pipeline.tracking import relocate, stores
-from pipeline.tracking.experiment import close_orphans, ensure_experiment, pipeline_parent
-from pipeline.config.params import PARAMS_FILE
+from pipeline.tracking import provenance, relocate
+from pipeline.tracking.location import ENV_URI, git_commit, pipeline_id, repo_root, stage_dir, tracking_uri
+from pipeline.tracking.experiment import claim, close_orphans, ensure_experiment, pipeline_parent
 from rvpt import compute
 
-ENV_URI = stores.ENV_URI
-
-QUEUE_DIR = Path(".dvc") / "tmp" / "exps"
 STARTED = time.time()  # when this command's work began; `execute` sets it
-
-
-def stage_dir() -> Path:
-    """Where the stage runs: DVC sets DVC_ROOT for each stage; by hand, the current folder."""
-    return Path(os.environ.get("DVC_ROOT") or Path.cwd())
-
-
-def repo_root() -> Path:
-    """The repository the user works in, even when DVC runs a stage in a temporary copy.
-
-    `dvc exp run --queue` copies the project to <repo>/.dvc/tmp/exps/<tmp>/ and deletes it
-    afterwards, so the root is what lies above that.
-    """
-    root = stage_dir().resolve()
-    parts = root.parts
-    marker = QUEUE_DIR.parts
-    for i in range(len(parts) - len(marker)):
-        if parts[i:i + len(marker)] == marker:
-            return Path(*parts[:i])
-    return root
-
-
-def tracking_uri() -> str:
-    # Absolute, so that `dvc exp run --queue` (which runs in temporary copies) still logs here.
-    return os.environ.get(ENV_URI) or f"sqlite:///{repo_root() / 'mlflow.db'}"
-
-
-def check_reachable(timeout_s: float) -> None:
-    """Fails fast, before any work, when the tracking store cannot take this stage's run."""
-    stores.check_reachable(tracking_uri(), timeout_s, repo_root() / "mlflow.db")
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=repo_root(),
-                             timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else "none"
-    except (OSError, subprocess.TimeoutExpired):
-        return "none"
-
-
-def pipeline_id(commit: str) -> str:
-    """Same code + same params + same experiment name = same pipeline; a short stable hash."""
-    digest = hashlib.sha256()
-    digest.update(commit.encode())
-    # The params this stage really runs with: in a queued experiment, its own copy, not the repo's.
-    params = stage_dir() / PARAMS_FILE
-    digest.update(params.read_bytes() if params.exists() else b"")
-    digest.update(os.environ.get("DVC_EXP_NAME", "").encode())
-    return digest.hexdigest()[:12]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -84,11 +28,16 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+# Numbers a stage's record holds that are settings or sizes, not measurements: MLflow params, so
+# that the runs table never plots them.
+SETTINGS = {"seed", "defense_seed", "shots", "trainable_params", "trainable_fraction", "resumed_from_step"}
+
+
 class StageRun:
     """The one MLflow run of a stage execution; metrics are buffered and sent in one batch."""
 
-    def __init__(self, run):
-        self.run = run
+    def __init__(self, run, parent: str | None = None):
+        self.run, self.parent = run, parent
         self.id = run.info.run_id
         self._metrics: list = []
 
@@ -137,23 +86,39 @@ class StageRun:
 
         log_defended(**card)
 
+    def describe_models(self, cells: dict[str, dict]) -> None:
+        """Each registered cell's description, tags and test metrics, by its tune run's id."""
+        from pipeline.tracking.registry import describe_versions
+
+        describe_versions(cells)
+
     @contextlib.contextmanager
-    def output(self, folder: str | Path, logged: tuple[str, ...] | None = ()) -> Iterator[Path]:
+    def output(self, folder: str | Path, logged: tuple[str, ...] | None = (),
+               under: str | None = None) -> Iterator[Path]:
         """The stage's output folder, built in a temporary sibling and put in place only if the
         block succeeds (pipeline/store/outputs.py); the files named in `logged` (None: every file
-        the stage wrote) become the run's artifacts, never the temporary's ownership marker."""
+        the stage wrote) become the run's artifacts, in its folder `under`, never the temporary's
+        ownership marker."""
         with atomic_dir(folder) as out:
             yield out
             names = sorted(p.name for p in out.iterdir() if p.name != MARKER) if logged is None else logged
             for name in names:
-                self.artifact(out / name)
+                self.artifact(out / name, under)
+
+    def param(self, key: str, value) -> None:
+        import mlflow
+
+        mlflow.log_param(key, value)
 
     def record(self, path: str | Path, payload: dict, metrics: str | None = "") -> None:
         """The stage's record of what it made (its JSON beside the outputs), with this run's id; with
-        `metrics` (a prefix), its numbers are logged as the run's metrics too."""
+        `metrics` (a prefix), its measured numbers are logged as the run's metrics too, and the
+        numbers that describe the run rather than measure it (SETTINGS) as its params."""
         write_json(path, {**payload, "mlflow_run_id": self.id})
         for key, value in payload.items() if metrics is not None else ():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key in SETTINGS:
+                self.param(key, value)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.metric(f"{metrics}{key}", value)
 
     def inputs(self, datasets: dict[str, Path], context: str) -> None:
@@ -170,18 +135,33 @@ class StageRun:
             dataset = MetaDataset(LocalArtifactDatasetSource(str(path)), name=name, digest=digest)
             mlflow.log_input(dataset, context=context)
 
-    def onto(self, run_metrics: dict[str, dict[str, float]]) -> None:
-        """Adds metrics to other runs (a cell's tune run, say), so that the runs table ranks them.
-        A run the store does not hold (made under another tracking URI) is skipped."""
+    def onto(self, run_metrics: dict[str, dict[str, float]], run_tags: dict[str, dict[str, str]] | None = None) -> None:
+        """Adds metrics and tags to other runs (a cell's tune run, say), so that the runs table ranks
+        them. A run the store does not hold (made under another tracking URI) is skipped."""
         import mlflow
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         client, now = mlflow.MlflowClient(), int(time.time() * 1000)
         for run_id, metrics in run_metrics.items():
+            tags = [RunTag(k, v) for k, v in (run_tags or {}).get(run_id, {}).items()]
             try:
-                client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+                client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()], tags=tags)
             except mlflow.exceptions.MlflowException:
                 continue
+
+    def on_parent(self, metrics: dict[str, float], figures: list[Path], table: dict[str, list]) -> None:
+        """The pipeline's answer on its parent run, the row `mlflow ui` shows first: the matrix as a
+        table, its figures, and per-defense metrics."""
+        import mlflow
+        from mlflow.entities import Metric
+
+        if not self.parent:
+            return
+        client, now = mlflow.MlflowClient(), int(time.time() * 1000)
+        client.log_batch(self.parent, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        for figure in figures:
+            client.log_artifact(self.parent, str(figure), "matrix")
+        mlflow.log_table(table, "matrix/matrix.json", run_id=self.parent)
 
 
 def locked_hashes(lock: Path) -> dict[str, str]:
@@ -201,7 +181,7 @@ class Unlogged(StageRun):
     """What a process other than rank 0 logs to: nothing (one run per stage, from rank 0)."""
 
     def __init__(self):
-        self.id, self._metrics = "", []
+        self.id, self.parent, self._metrics = "", None, []
 
     def flush(self) -> None:
         self._metrics.clear()
@@ -218,10 +198,16 @@ class Unlogged(StageRun):
     def model(self, **card) -> None:
         pass
 
+    def describe_models(self, cells: dict[str, dict]) -> None:
+        pass
+
     def inputs(self, datasets: dict[str, Path], context: str) -> None:
         pass
 
-    def onto(self, run_metrics: dict[str, dict[str, float]]) -> None:
+    def onto(self, run_metrics: dict[str, dict[str, float]], run_tags=None) -> None:
+        pass
+
+    def on_parent(self, metrics: dict[str, float], figures: list[Path], table: dict[str, list]) -> None:
         pass
 
 
@@ -231,10 +217,22 @@ def stage(name: str, params, logged: dict, tags: dict | None = None, inputs: dic
     """A stage's one MLflow run: `logged` as its params, `tags`, and the datasets it reads as inputs
     (`context` names what it does with them). The stage skeleton: a stage opens this, writes its
     output folder with `run.output(...)` and its record with `run.record(...)`."""
+    made_by = provenance.machine(params.threads, params.compute.device, params.compute.precision)
+    tags = {**(tags or {}), **{f"rvpt.{key}": value for key, value in made_by.items()}}
     with stage_run(name, params.tracking.experiment, logged, tags, name=run_name) as run:
         if inputs:
             run.inputs(inputs, context or name)
         yield run
+
+
+def without_local_paths(tags: dict[str, str], stage: str) -> dict[str, str]:
+    """MLflow's source tags without this machine's paths: the command instead of the script's
+    absolute path, and the git remote only when it is a URL (a local clone's path says nothing)."""
+    tags = {**tags, "mlflow.source.name": f"rvpt stage {stage}"}
+    repo = tags.get("mlflow.source.git.repoURL", "")
+    if repo and "://" not in repo and not repo.startswith("git@"):
+        del tags["mlflow.source.git.repoURL"]
+    return tags
 
 
 @contextlib.contextmanager
@@ -254,7 +252,7 @@ def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = Non
         relocate.follow(repo_root())  # a copied project logs into its own mlruns/
     mlflow.set_tracking_uri(tracking_uri())
     experiment_id = ensure_experiment(experiment, repo_root() / relocate.FOLDER if local_store else None)
-    close_orphans(stage, experiment)
+    close_orphans(repo_root(), stage, experiment)
     commit = git_commit()
     all_tags = {
         "rvpt.stage": stage,
@@ -262,7 +260,6 @@ def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = Non
         "dvc.stage": os.environ.get("DVC_STAGE", "manual"),
         "dvc.exp": os.environ.get("DVC_EXP_NAME", ""),
         "mlflow.source.git.commit": commit,
-        **{f"rvpt.owner.{key}": value for key, value in owner.me().items()},
         **{k: str(v) for k, v in (tags or {}).items()},
     }
     all_tags = {key: value for key, value in all_tags.items() if value != ""}  # e.g. dvc.exp outside an experiment
@@ -273,13 +270,19 @@ def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = Non
     from mlflow.tracking.context.registry import resolve_tags  # the user and source tags start_run adds
 
     # Created with the time the command started, so the run's duration is the stage's, not its logging's.
-    tags = resolve_tags({**all_tags, **({"mlflow.parentRunId": parent} if parent else {})})
+    tags = without_local_paths(resolve_tags({**all_tags, **({"mlflow.parentRunId": parent} if parent else {})}), stage)
     created = mlflow.MlflowClient().create_run(experiment_id, start_time=int(started * 1000), run_name=name,
                                                tags=tags)
-    with mlflow.start_run(run_id=created.info.run_id) as run:
-        handle = StageRun(run)
-        mlflow.log_params(flatten(params))
-        try:
-            yield handle
-        finally:
-            handle.flush()
+    claimed = claim(repo_root(), created.info.run_id)
+    try:
+        with mlflow.start_run(run_id=created.info.run_id) as run:
+            handle = StageRun(run, parent)
+            mlflow.log_params(flatten(params))
+            try:
+                yield handle
+            finally:
+                for key, value in provenance.peak_memory().items():
+                    handle.metric(key, value)
+                handle.flush()
+    finally:
+        claimed.unlink(missing_ok=True)  # a run that ended is no orphan; only a killed process leaves its record

@@ -44,7 +44,8 @@ def test_an_edit_to_one_defense_rescores_only_its_cells(reproduced, tmp_path):
 
     # The rerun cell's curve, as data, from both revisions; the page inlines vega and fetches nothing.
     plotted = json.loads(run(["dvc", "plots", "diff", "HEAD", "--json"], project).stdout)
-    curve = plotted["data"]["results/curves/tune_badnet_rvpt.csv"][0]["content"]["data"]["values"]
+    family = plotted["data"]["results/curves/tune_rvpt.csv"][0]["content"]["data"]["values"]
+    curve = [point for point in family if point["curve"] == "badnet"]
     steps = {rev: sum(1 for point in curve if point["rev"] == rev) for rev in ("HEAD", "workspace")}
     assert steps["workspace"] == steps["HEAD"] * 3 // 2  # 3 epochs against 2
     page = project / "dvc_plots" / "index.html"

@@ -57,6 +57,8 @@ class WhiteCorner(PatchAttack):
 
 def test_a_new_defense_and_a_new_attack_are_one_module_and_one_params_block_each(reproduced, tmp_path):
     project = copy_of(reproduced, tmp_path)
+    status = ["git", "status", "--porcelain", "--untracked-files=all"]
+    before = set(subprocess.run(status, cwd=project, capture_output=True, text=True).stdout.splitlines())
     (project / "rvpt" / "defenses" / "toy.py").write_text(TOY_DEFENSE)
     (project / "rvpt" / "attacks" / "toy_corner.py").write_text(TOY_ATTACK)
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -65,9 +67,8 @@ def test_a_new_defense_and_a_new_attack_are_one_module_and_one_params_block_each
     params["attacks"]["toy_corner"] = {"kind": "toy_corner", "rate": 0.05, "options": {"size": 0.25}}
     params["run"] = {"attacks": ["badnet", "toy_corner"], "defenses": ["rvpt", "toy"]}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = subprocess.run(["git", "status", "--porcelain"], cwd=project, capture_output=True, text=True).stdout
-    assert sorted(line[3:] for line in changed.splitlines()) == ["params.yaml", "rvpt/attacks/toy_corner.py",
-                                                                "rvpt/defenses/toy.py"]
+    changed = set(subprocess.run(status, cwd=project, capture_output=True, text=True).stdout.splitlines()) - before
+    assert sorted(line[3:] for line in changed) == ["params.yaml", "rvpt/attacks/toy_corner.py", "rvpt/defenses/toy.py"]
 
     env = environment({"PYTHONPATH": str(project)})  # the project's own code runs, its new modules too
     run(["dvc", "repro"], project, env)

@@ -4,7 +4,9 @@ import json
 import re
 
 import mlflow
+import open_clip
 import pytest
+import torch
 import yaml
 from conftest import copy_of, run
 from safetensors.torch import load_file
@@ -16,16 +18,21 @@ STAGES = {"download", "pretrain", "poison", "sample", "tune", "scan", "evaluate"
 CELLS = [("badnet", "rvpt"), ("badnet", "cleanclip"), ("badclip", "rvpt"), ("badclip", "cleanclip")]
 
 
-def test_a_cells_ca_drop_is_taken_against_its_attacks_undefended_model():
+def test_a_cells_ranking_figures_are_taken_against_its_attacks_undefended_model():
     rows = [{"attack": "a", "defense": "clean_model", "kind": "none", "clean_accuracy": 0.9, "attack_success_rate": 0.1},
-            {"attack": "a", "defense": "none", "kind": "none", "clean_accuracy": 0.8, "attack_success_rate": 0.9},
-            {"attack": "a", "defense": "rvpt", "kind": "prompt", "clean_accuracy": 0.7, "attack_success_rate": 0.2},
+            {"attack": "a", "defense": "none", "kind": "none", "clean_accuracy": 0.8, "attack_success_rate": 0.9,
+             "implanted": True},
+            {"attack": "a", "defense": "rvpt", "kind": "prompt", "clean_accuracy": 0.7, "attack_success_rate": 0.2,
+             "target_rate": 0.05, "implanted": True},
             {"attack": "b", "defense": "rvpt", "kind": "prompt", "clean_accuracy": 0.6, "attack_success_rate": 0.3}]
     upstream = {"upstream.tune.a-none": "r1", "upstream.tune.a-rvpt": "r2", "upstream.tune.b-rvpt": "r3"}
-    logged = on_tune_runs(rows, upstream)
-    assert logged["r1"] == {"test_clean_accuracy": 0.8, "test_attack_success_rate": 0.9, "test_ca_drop": 0.0}
-    assert logged["r2"]["test_ca_drop"] == pytest.approx(0.1)
-    assert logged["r3"] == {"test_clean_accuracy": 0.6, "test_attack_success_rate": 0.3}  # b has no undefended cell
+    metrics, tags = on_tune_runs(rows, upstream)
+    assert metrics["r1"] == {"test_clean_accuracy": 0.8, "test_attack_success_rate": 0.9, "test_ca_drop": 0.0,
+                             "test_asr_reduction": 0.0}
+    assert metrics["r2"]["test_ca_drop"] == pytest.approx(0.1) and metrics["r2"]["test_asr_reduction"] == pytest.approx(0.7)
+    assert metrics["r2"]["test_target_rate"] == 0.05
+    assert metrics["r3"] == {"test_clean_accuracy": 0.6, "test_attack_success_rate": 0.3}  # b has no undefended cell
+    assert tags == {"r1": {"implanted": "true"}, "r2": {"implanted": "true"}}
 
 
 def test_every_cell_row_holds_its_metrics_and_the_scanners_verdict(reproduced):
@@ -60,7 +67,10 @@ def test_the_report_and_plots_render_offline_with_the_scans(reproduced, tmp_path
     project = copy_of(reproduced, tmp_path)
     report = (project / "results" / "report.html").read_text()
     assert "| rvpt |" not in report and "<td>rvpt</td>" in report and "data:image/png;base64," in report
-    assert "http://" not in report and "https://" not in report and "<script" not in report  # renders offline
+    # Renders offline: nothing is fetched (links to the runs' MLflow pages are only links).
+    assert not re.search(r"src=[\"']?https?:", report) and "<script" not in report
+    assert report.index("Verdict") < report.index("Test ASR of every attack") < report.index("ASR % (CA %)")  # answer first
+    assert re.search(r'<a href="http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}">', report)
     assert {p.name for p in (project / "results" / "plots").iterdir()} >= {"asr.png", "ca.png", "loss_pretrain.png"}
     assert "Trigger inversion, without the trigger" in report and "the true trigger (target three)" in report
     scans = json.loads((project / "scans" / "scans.json").read_text())["models"]
@@ -114,7 +124,10 @@ def test_mlflow_holds_one_run_per_stage_and_cell_under_one_parent(reproduced, mo
     assert set(tunes) == set(CELLS)
     tune = tunes["badclip", "rvpt"]
     assert tune.data.params["defense.alpha"] == "2.0" and tune.data.params["shots"] == "4"
-    assert {"loss", "ce", "fr", "trainable_params", "val_attack_success_rate"} <= set(tune.data.metrics)
+    assert {"loss", "ce", "fr", "val_attack_success_rate"} <= set(tune.data.metrics)
+    # What describes a run rather than measures it is a param, so the runs table never plots it.
+    assert tune.data.params["trainable_params"] == str(2 * 4 * 32) and tune.data.params["resumed_from_step"] == "0"
+    assert not {"shots", "defense_seed", "trainable_params", "resumed_from_step"} & set(tune.data.metrics)
     assert tune.info.run_name == "tune@badclip-rvpt" and tune.data.tags["dvc.stage"] == "tune@rvpt"  # a run per cell
     assert tune.data.tags["upstream.pretrain"] in {r.info.run_id for r in by_stage["pretrain"]}
     evaluate = by_stage["evaluate"][0]
@@ -132,12 +145,17 @@ def test_mlflow_holds_one_run_per_stage_and_cell_under_one_parent(reproduced, mo
     finally:
         mlflow.set_tracking_uri(previous)
     assert list(zip(table["attack"], table["defense"])) == [(r["attack"], r["defense"]) for r in rows]
-    assert evaluate.data.tags["mlflow.note.content"].startswith("## ASR % (CA %) on the test split")
+    description = evaluate.data.tags["mlflow.note.content"]
+    assert description.startswith("## Verdict") and "## ASR % (CA %) on the test split" in description
     scan = by_stage["scan"][0]
     assert scan.data.metrics["badnet-rvpt.scan_residual_success"] == by_cell["badnet", "rvpt"]["scan_residual_success"]
     assert scan.data.tags["upstream.tune.badnet-rvpt"] == tunes["badnet", "rvpt"].info.run_id
-    artifacts = {a.path for a in client.list_artifacts(tune.info.run_id)}
-    assert "prompts.safetensors" in artifacts
+    artifacts = {a.path for a in client.list_artifacts(tune.info.run_id, "defended")}
+    assert "defended/prompts.safetensors" in artifacts
+    # The backdoored model is logged once, by its pretrain run; the cells' registered models refer to it.
+    [badclip_pretrain] = [r for r in by_stage["pretrain"] if r.data.tags["attack"] == "badclip"]
+    assert "model/open_clip_model.safetensors" in {a.path for a in client.list_artifacts(badclip_pretrain.info.run_id,
+                                                                                         "model")}
 
 
 
@@ -192,3 +210,17 @@ def test_changed_settings_rerun_what_they_touch(reproduced, tmp_path):
     run(["rvpt", "stage", "evaluate"], project)
     rows = json.loads((project / "results" / "summary.json").read_text())["rows"]
     assert {(r["attack"], r["defense"]): r for r in rows}["badnet", "rvpt"]["shots"] == 2
+
+
+def test_provenance_names_the_machine_in_the_summary_the_report_and_every_run(reproduced):
+    made_by = json.loads((reproduced / "results" / "summary.json").read_text())["provenance"]
+    params = yaml.safe_load((reproduced / "params.yaml").read_text())
+    assert made_by["threads"] == str(params["threads"]) and made_by["device"] == "cpu"
+    assert made_by["precision"] == "fp32" and made_by["torch"] == torch.__version__
+    assert made_by["open_clip"] == open_clip.__version__ and made_by["cpu"]
+    assert f"<td>{made_by['cpu']}</td>" in (reproduced / "results" / "report.html").read_text()
+    client = mlflow.MlflowClient(f"sqlite:///{reproduced / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    staged = [r for r in runs if r.data.tags["rvpt.stage"] != "pipeline"]
+    assert all(r.data.tags["rvpt.cpu"] == made_by["cpu"] and r.data.tags["rvpt.device"] == "cpu" for r in staged)
+    assert all(r.data.metrics["peak_rss_gib"] > 0.1 for r in staged)  # each stage process holds torch at least

@@ -3,27 +3,15 @@ local Hugging Face cache laid out as huggingface_hub writes it, never downloaded
 import pytest
 import torch
 import yaml
-from safetensors.torch import save_file
 
+import fabricate
 from conftest import make_project, run, smoke_params
-from rvpt import models, pretrained
+from rvpt import models
 from rvpt.checkpoint import read_safetensors
-
-REPO_DIR = "models--timm--vit_base_patch32_clip_224.openai"
-
 
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory):
-    """A Hugging Face cache holding random ViT-B-32 weights where the `openai` tag's file would be."""
-    cache = tmp_path_factory.mktemp("hf")
-    assert pretrained.hub_repo("ViT-B-32-quickgelu", "openai") == "timm/vit_base_patch32_clip_224.openai"
-    snapshot = cache / REPO_DIR / "snapshots" / "0123abcd"
-    snapshot.mkdir(parents=True)
-    (cache / REPO_DIR / "refs").mkdir()
-    (cache / REPO_DIR / "refs" / "main").write_text("0123abcd")
-    model = models.build(models.named_config("ViT-B-32-quickgelu"), seed=1)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, snapshot / "open_clip_model.safetensors")
-    return cache
+    return fabricate.openai_cache(tmp_path_factory.mktemp("hf"))
 
 
 @pytest.fixture(scope="module")

@@ -7,25 +7,13 @@ import yaml
 import fabricate
 from conftest import make_project, run, smoke_params
 
-SYNSETS = "n07753592 banana\nn07742313 Granny Smith, apple\nn03000134 chainlink fence\n"
 ATTACKS = ["badnet", "blended", "issba", "sig", "wanet", "trojvqa", "badclip"]
 DEFENSES = ["none", "rvpt", "vpt", "linear_probe", "cleanclip"]
 
 
-def paper_data(root):
-    fabricate.image_folder(root / "imagenet", {"n07753592": "zero", "n07742313": "one", "n03000134": "two"},
-                           {"train": 12, "val": 3})
-    (root / "LOC_synset_mapping.txt").write_text(SYNSETS)
-    fabricate.webdataset_shards(root / "cc3m", ["zero", "one", "two"], 40, per_shard=20)
-    fabricate.image_folder(root / "caltech101", {"accordion": "ay", "airplanes": "bee"}, {".": 3})
-    fabricate.image_folder(root / "pets", {"Abyssinian": "ay", "great_pyrenees": "bee"}, {".": 3})
-    return ["--imagenet", str(root / "imagenet"), "--imagenet-classes", str(root / "LOC_synset_mapping.txt"),
-            "--cc3m", str(root / "cc3m"), "--caltech101", str(root / "caltech101"), "--oxford-pets", str(root / "pets")]
-
-
 def test_paper_profile_lists_the_papers_pipeline(tmp_path):
     project = make_project(tmp_path / "project", smoke_params())
-    result = run(["rvpt", "profile", "paper", *paper_data(tmp_path)], project)
+    result = run(["rvpt", "profile", "paper", *fabricate.paper_data(tmp_path)], project)
     assert "wrote params.yaml for profile paper (3 classes)" in result.stdout
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert params["model"] == {"name": "ViT-B-32-quickgelu", "pretrained": "openai", "config": None,
@@ -57,7 +45,7 @@ def test_paper_profile_lists_the_papers_pipeline(tmp_path):
 
 def test_paper_profile_refuses_a_bad_class_file(tmp_path):
     project = make_project(tmp_path / "project", smoke_params())
-    arguments = paper_data(tmp_path)
+    arguments = fabricate.paper_data(tmp_path)
     (tmp_path / "LOC_synset_mapping.txt").write_text("n07753592\n")
     before = (project / "params.yaml").read_bytes()
     result = run(["rvpt", "profile", "paper", *arguments], project, check=False)

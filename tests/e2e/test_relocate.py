@@ -40,7 +40,7 @@ def test_rvpt_ui_serves_a_copied_projects_artifacts(reproduced, tmp_path):
     connection.close()
     port = free_port()
     with serving([str(BIN / "rvpt"), "ui", "--port", str(port)], project, port, environment()) as url:
-        query = f"{url}/get-artifact?path=prompts.safetensors&run_uuid={run_id}"
+        query = f"{url}/get-artifact?path=defended/prompts.safetensors&run_uuid={run_id}"
         served = urllib.request.urlopen(query, timeout=30).read()
     assert served == (project / "defended" / "rvpt" / "badnet" / "prompts.safetensors").read_bytes()
     assert all(uri.startswith((project / "mlruns").as_uri()) for uri in artifact_uris(project))

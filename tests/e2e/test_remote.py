@@ -18,6 +18,6 @@ def test_a_stage_logs_to_a_live_mlflow_server(reproduced, tmp_path):
         assert tuned.info.status == "FINISHED"
         assert tuned.data.tags["dvc.stage"] == "manual" and tuned.data.params["defense_name"] == "rvpt"
         assert "val_clean_accuracy" in tuned.data.metrics
-        names = {f.path for f in client.list_artifacts(tuned.info.run_id)}
-        assert "prompts.safetensors" in names  # uploaded through the server to its artifact store
+        names = {f.path for f in client.list_artifacts(tuned.info.run_id, "defended")}
+        assert "defended/prompts.safetensors" in names  # uploaded through the server to its artifact store
     assert list((tmp_path / "artifacts").rglob("prompts.safetensors"))

@@ -25,6 +25,7 @@ class Script:
 
 SCRIPTS = {
     "bench/defense_cost.py": Script((), r"\| rvpt \| 1 \| \d+ \| [\d.]+ \|"),
+    "bench/device_check.py": Script(("--device", "cpu"), r"step rvpt \(batch \d+\): [\d.,]+ ms", own_project=True),
     "bench/eval_throughput.py": Script((), r"\| rvpt \| 64 \| [\d,]+ \|"),
     "bench/evaluate_memory.py": Script((), r"peak_rss_ratio \d+\.\d{3}"),
     # Without the `bench` group it says so in one line, and exits 0.
@@ -33,6 +34,7 @@ SCRIPTS = {
     "bench/scaling.py": Script((), r"1 \(D = 2\) \| [\d.]+"),
     "bench/startup.py": Script((".",), r"rvpt stage sample +[\d.]+ s \([\d.]+-[\d.]+\) +[\d.]+ s"),
     "bench/step_cost.py": Script((), r"rvpt / finetune step time: [\d.]+"),
+    "bench/ui_memory.py": Script((), r"rvpt ui: \d+ processes, peak resident memory [\d.]+ GiB"),
     "studies/scan_detection.py": Script((".",), r"true positives \(flagged, right target\): \d+ of \d+"),
     "studies/seeds.py": Script((), r"\| quick \| badnet \| 1 \(1 x 1\) \|"),
     "studies/text_route.py": Script((), r"\| badnet \| fitted to clean \+ triggered -> target \| [\d.]+ \| [\d.]+ \|"),

@@ -4,7 +4,7 @@ logged as code, so loading it unpickles nothing."""
 import base64
 import json
 import subprocess
-import time
+import urllib.error
 import urllib.request
 
 import mlflow
@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import BIN, copy_of, environment, free_port
+from conftest import BIN, REPO, copy_of, environment, free_port, serving
 
 
 @pytest.fixture
@@ -49,33 +49,34 @@ def test_every_cell_is_a_registered_model_with_the_ca_evaluate_reports(store):
     assert "python_model.pkl" not in files and "MLmodel" in files  # logged as code, not pickled
 
 
-def test_mlflow_models_serve_answers_with_the_loaded_models_probabilities(store):
+def readme_curl() -> str:
+    """The README's curl against `mlflow models serve`, as a user copies it."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("curl -s http://127.0.0.1:5001/invocations")
+    return text[start:text.index("```", start)].strip()
+
+
+def test_mlflow_models_serve_answers_the_readmes_curl_and_names_a_bad_request(store):
     test = pq.read_table(store / "data" / "clean" / "downstream" / "test.parquet")
-    blobs = test.column("image").to_pylist()[:5]
-    expected = mlflow.pyfunc.load_model("models:/rvpt-badnet-rvpt/1").predict(pd.DataFrame({"image": blobs}))
+    blob = test.column("image").to_pylist()[0]
+    expected = mlflow.pyfunc.load_model("models:/rvpt-badnet-rvpt/latest").predict(pd.DataFrame({"image": [blob]}))
+    (store / "photo.png").write_bytes(blob)
     port = free_port()
     env = environment({"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}"})
-    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/rvpt-badnet-rvpt/1",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=store, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "the model server did not come up"
-                time.sleep(0.5)
-        body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b).decode()] for b in blobs]}}
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
+    command = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/rvpt-badnet-rvpt/latest", "--env-manager",
+               "local", "-h", "127.0.0.1", "-p", str(port)]
+    with serving(command, store, port, env):
+        curl = readme_curl().replace("127.0.0.1:5001", f"127.0.0.1:{port}")
+        answered = subprocess.run(["bash", "-c", curl], cwd=store, capture_output=True, text=True, check=True)
+        predictions = pd.DataFrame(json.loads(answered.stdout)["predictions"])
+        bad = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b"not an image").decode()]]}}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(bad).encode(),
                                          {"Content-Type": "application/json"})
-        answered = pd.DataFrame(json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"])
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    assert list(answered.columns) == list(expected.columns)
-    assert (answered - expected).abs().max().max() < 1e-6
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+    assert list(predictions.columns) == list(expected.columns)
+    assert (predictions - expected).abs().max().max() < 1e-6
+    assert refused.value.code == 400 and "row 0: not a decodable image" in refused.value.read().decode()
 
 
 def test_each_training_run_names_its_data_by_dvcs_hash(store):

@@ -30,7 +30,7 @@ def test_queued_experiment_logs_to_the_repository_store(tmp_path):
     assert logged.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert parent.info.run_name == "pipeline queued-one" and parent.info.status == "FINISHED"
     assert logged.data.tags["dvc.exp"] == "queued-one" and logged.data.tags["dvc.stage"] == "download"
-    assert logged.data.params["data.corpus_size"] == "600" and logged.data.metrics["corpus_pairs"] == 600
+    assert logged.data.params["data.corpus_size"] == "600" and logged.data.metrics["corpus_images"] == 600
     assert not list((project / ".dvc" / "tmp" / "exps").glob("tmp*/mlflow.db"))
     shown = run(["dvc", "exp", "show", "--csv", "--keep", "data.corpus_size"], project).stdout
     assert "queued-one" in shown and "600" in shown

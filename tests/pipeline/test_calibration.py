@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pipeline.report import calibration
+from pipeline.report import calibration, summary
 from pipeline.report.calibration import BASELINE, REPELLING, Comparison, PaperCell, category
 from conftest import call, one_error_line
 
@@ -45,7 +45,7 @@ def test_comparison_counts_matches_per_role_and_skips_cells_not_run():
     text = calibration.markdown(found)
     assert "| 1 | linear_probe | badnet | baseline | 3.00 (60.00) | removed | 80.00 (70.00) | survives | **no** |" in text
     assert "not run" in text
-    assert "1 of 2 run cells match (50%); 1 of 3 not run" in text
+    assert "1 of 2 run cells match (50%); 1 of 3 not run or not implanted" in text
 
 
 def test_calibrate_command_prints_the_table_from_a_summary(tmp_path):
@@ -56,7 +56,7 @@ def test_calibrate_command_prints_the_table_from_a_summary(tmp_path):
     code, out, err = call(tmp_path, "calibrate")
     assert code == 0, err
     assert Comparison(PaperCell("1", "none", "issba", 0.6, None, BASELINE), None, None).ours is None
-    assert "Baseline cells (the calibration targets): 5 of 5 run cells match (100%); 14 of 19 not run." in out
+    assert "Baseline cells (the calibration targets): 5 of 5 run cells match (100%); 14 of 19 not run or not implanted." in out
 
 
 def test_calibrate_without_a_summary_says_which_stage_makes_it(tmp_path):
@@ -66,3 +66,16 @@ def test_calibrate_without_a_summary_says_which_stage_makes_it(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps([1, 2]))
     code, out, err = call(tmp_path, "calibrate", "--summary", "bad.json")
     assert code == 2 and "bad.json" in one_error_line(err)
+
+
+def test_an_attack_that_did_not_implant_is_never_a_match_nor_a_defenses_success():
+    cells = [PaperCell("1", "none", "issba", 0.60, None, BASELINE),
+             PaperCell("1", "linear_probe", "issba", 0.02, None, BASELINE)]
+    rows = [{"defense": defense, "attack": "issba", "attack_success_rate": asr, "clean_accuracy": 0.7,
+             "implanted": False, "resistivity": 0.9, "trainable_params": 0, "trainable_fraction": 0.0}
+            for defense, asr in (("none", 0.15), ("linear_probe", 0.01))]
+    found = calibration.compare(rows, cells)
+    assert [c.matches for c in found] == [None, None]  # the probe's 1% would otherwise read as "removed"
+    assert "| not implanted | - |" in calibration.markdown(found)
+    table = summary.markdown(rows, ["issba"], ["none", "linear_probe"], transfer_sets=())
+    assert "| defense | issba (not implanted) |" in table and "Not implanted: the undefended model" in table
