@@ -9,7 +9,8 @@ their real layouts, with a random ViT-B-32-quickgelu where the `openai` tag reso
 (tests/fabricate.py), then `dvc repro` with real DVC and MLflow: per stage, its wall time and its
 peak memory (resident, and on CUDA the GPU's), read from the stage's MLflow runs. On CUDA it runs
 the small profile's whole matrix under bf16 autocast; on the CPU one attack (BadNet) and two
-defenses (none, RVPT), and the training steps at batch 4, so that it ends in minutes. A line that needs CUDA says "skipped: no CUDA". `--quick` (CI) skips the small run
+defenses (none, RVPT), and the training steps at batch 4, so that it ends in minutes. A line that
+needs CUDA says "skipped: no CUDA". `--quick` (CI) skips the small run
 (tests/e2e/test_paper_small.py runs it) and times a tiny ViT's steps instead of ViT-B/32's, in
 seconds. Figures from a random model describe the machine, not the method.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +33,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench"), str(REPO / "tests")]
 
 import fabricate  # noqa: E402
 import step_cost  # noqa: E402
+from studies import runner  # noqa: E402
 
 from pipeline.tracking import provenance  # noqa: E402
 from rvpt import compute, models  # noqa: E402
@@ -57,18 +58,12 @@ def command(argv: list[str], cwd: Path, env: dict[str, str]) -> None:
 
 def small_project(root: Path, device: str) -> tuple[Path, dict[str, str]]:
     """A project of this repository's pipeline with the small paper profile written for `device`."""
-    project = root / "project"
-    project.mkdir()
-    for name in ("rvpt", "pipeline", "profiles"):
-        shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, project / name)
+    project = runner.make_project(root / "project")  # the pipeline's code in a git + DVC project
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(project),
            "HF_HUB_CACHE": str(fabricate.openai_cache(root / "hf")), "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    for argv in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "cache.type", "hardlink,symlink"],
-                 ["rvpt", "profile", "paper", *fabricate.paper_data(root / "data", train=6, val=2), "--small"]):
+    for argv in (["dvc", "config", "cache.type", "hardlink,symlink"], ["rvpt", "profile", "paper", *fabricate.paper_data(root / "data", train=6, val=2), "--small"]):
         command(argv, project, env)
     settings = {"compute.device": device, **(CPU_MATRIX if device == "cpu" else {})}
     params = project / "params.yaml"
